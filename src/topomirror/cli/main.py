@@ -1,0 +1,365 @@
+"""The `topomirror` command line. Thin: parse arguments, call a module, print the result."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from topomirror.lab.spec import LabFileError, LabSpec, load_lab
+
+app = typer.Typer(
+    help="topomirror: adaptive, predictive packet mirroring over ephemeral relay paths.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+lab_app = typer.Typer(help="Build, inspect, change and destroy namespace labs.",
+                      no_args_is_help=True)
+app.add_typer(lab_app, name="lab")
+bench_app = typer.Typer(help="Benchmarks: print and save JSON.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+console = Console(stderr=True)
+out = Console()
+
+LabFile = Annotated[Path, typer.Argument(help="lab topology file (YAML)", show_default=False)]
+JsonFlag = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _load(file: Path) -> LabSpec:
+    try:
+        return load_lab(file)
+    except LabFileError as exc:
+        fail(str(exc))
+
+
+def _need_root(what: str) -> None:
+    if os.geteuid() != 0:
+        fail(f"{what} needs root (network namespaces, tc, nftables): run it with sudo")
+
+
+def _guard(func):  # type: ignore[no-untyped-def]
+    """Turn the errors we expect into one clear line and a non-zero exit."""
+    from topomirror.lab.realize import LabError
+
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return func(*args, **kwargs)
+        except (LabError, LabFileError, ValueError) as exc:
+            fail(str(exc))
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    wrapper.__wrapped__ = func  # type: ignore[attr-defined]
+    return wrapper
+
+
+@lab_app.command("check")
+def lab_check(file: LabFile, json_out: JsonFlag = False) -> None:
+    """Validate a lab file without touching the system."""
+    from topomirror.lab.plan import compile_lab
+
+    spec = _load(file)
+    try:
+        plan = compile_lab(spec)
+    except LabFileError as exc:
+        fail(f"{file}: {exc}")
+    summary = {"file": str(file), "name": spec.name, "nodes": len(spec.nodes),
+               "links": len(spec.links), "routes": sum(len(n.routes) for n in plan.nodes.values()),
+               "ok": True}
+    if json_out:
+        out.print_json(json.dumps(summary))
+    else:
+        out.print(f"[green]ok[/] {file}: lab {spec.name!r}, {summary['nodes']} nodes, "
+                  f"{summary['links']} links, {summary['routes']} routes")
+
+
+@lab_app.command("deploy")
+@_guard
+def lab_deploy(
+    file: LabFile,
+    force: Annotated[bool, typer.Option("--force", help="destroy an existing copy first")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Create the lab's namespaces, links, addresses, shaping, loss rules and routes."""
+    from topomirror.lab.realize import deploy
+
+    spec = _load(file)
+    _need_root("lab deploy")
+    start = time.perf_counter()
+    with console.status(f"deploying lab {spec.name}") as status:
+        deploy(spec, str(file), force=force, progress=lambda m: status.update(f"{spec.name}: {m}"))
+        from topomirror.node.launch import start_lab_nodes
+
+        nodes = start_lab_nodes(spec, str(file), progress=lambda m: status.update(f"{spec.name}: {m}"))
+    elapsed = time.perf_counter() - start
+    result = {"name": spec.name, "nodes": len(spec.nodes), "links": len(spec.links),
+              "daemons": nodes, "seconds": round(elapsed, 3)}
+    if json_out:
+        out.print_json(json.dumps(result))
+    else:
+        extra = f", {len(nodes)} node daemons" if nodes else ""
+        out.print(f"[green]deployed[/] lab {spec.name!r}: {len(spec.nodes)} nodes, "
+                  f"{len(spec.links)} links{extra} in {elapsed:.2f}s")
+
+
+@lab_app.command("destroy")
+@_guard
+def lab_destroy(file: LabFile, json_out: JsonFlag = False) -> None:
+    """Remove exactly what deploy created (also after a crash or a half-finished deploy)."""
+    from topomirror.lab.realize import destroy
+
+    spec = _load(file)
+    _need_root("lab destroy")
+    start = time.perf_counter()
+    removed = destroy(spec)
+    elapsed = time.perf_counter() - start
+    if json_out:
+        out.print_json(json.dumps({"name": spec.name, **removed, "seconds": round(elapsed, 3)}))
+    elif removed["namespaces"] == 0:
+        out.print(f"lab {spec.name!r} was not deployed: nothing to remove")
+    else:
+        out.print(f"[green]destroyed[/] lab {spec.name!r}: {removed['namespaces']} namespaces, "
+                  f"{removed['processes']} processes in {elapsed:.2f}s")
+
+
+@lab_app.command("inspect")
+@_guard
+def lab_inspect(file: LabFile, json_out: JsonFlag = False) -> None:
+    """Show nodes, interfaces, addresses, links with their shaping, and routes."""
+    from topomirror.lab.realize import inspect
+
+    spec = _load(file)
+    info = inspect(spec)
+    if json_out:
+        out.print_json(json.dumps(info))
+        return
+    out.print(f"lab [bold]{info['name']}[/]: {'deployed' if info['deployed'] else 'not deployed'}")
+    nodes = Table("node", "kind", "namespace", "loopback", "interfaces", title="nodes")
+    for name, node in info["nodes"].items():  # type: ignore[union-attr]
+        ifaces = ", ".join(
+            f"{i}={d['address']}{'' if str(d.get('state', 'UP')).upper() == 'UP' or not node['present'] else ' (' + d['state'] + ')'}"
+            for i, d in node["interfaces"].items()
+        )
+        nodes.add_row(name, node["kind"], node["namespace"] if node["present"] else "-",
+                      node["loopback"], ifaces)
+    out.print(nodes)
+    links = Table("link", "endpoints", "subnet", "up", "egress shaping", title="links")
+    for name, link in info["links"].items():  # type: ignore[union-attr]
+        shaping = "\n".join(
+            f"{d}: bw={s['bw'] or '-'} loss={s['loss_pct']:g}% queue={s['queue'] or '-'}"
+            for d, s in link["egress"].items()
+        )
+        links.add_row(name, " -- ".join(link["endpoints"]), link["subnet"],
+                      "yes" if link["up"] else "[red]no[/]", shaping)
+    out.print(links)
+    routes = Table("node", "destination", "via", "dev", "source", title="routes")
+    for name, node in info["nodes"].items():  # type: ignore[union-attr]
+        for route in node["routes"]:
+            routes.add_row(name, route["dst"], route["via"], route["dev"], route["source"])
+    out.print(routes)
+
+
+@lab_app.command("exec", context_settings={"allow_extra_args": True,
+                                           "ignore_unknown_options": True})
+def lab_exec(
+    file: LabFile,
+    node: Annotated[str, typer.Argument(help="node to run in")],
+    command: Annotated[list[str], typer.Argument(help="command and its arguments (after --)")],
+) -> None:
+    """Run a command inside a node; its exit code is passed through."""
+    from topomirror.lab.plan import compile_lab
+
+    spec = _load(file)
+    _need_root("lab exec")
+    try:
+        namespace = compile_lab(spec).namespace(node)
+    except LabFileError as exc:
+        fail(str(exc))
+    if not Path(f"/run/netns/{namespace}").exists():
+        fail(f"node {node!r} of lab {spec.name!r} is not running: deploy the lab first")
+    argv = ["ip", "netns", "exec", namespace, *command]
+    sys.stdout.flush()
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        fail(f"cannot run {' '.join(command)}: {exc.strerror}", 127)
+
+
+@lab_app.command("set")
+@_guard
+def lab_set(
+    file: LabFile,
+    link: Annotated[str, typer.Argument(help="link name (see 'lab inspect')")],
+    bw: Annotated[str | None, typer.Option(help="rate, e.g. 50mbit")] = None,
+    no_bw: Annotated[bool, typer.Option("--no-bw", help="remove the rate limit")] = False,
+    loss: Annotated[float | None, typer.Option(help="random loss, percent")] = None,
+    queue: Annotated[str | None, typer.Option(help="queue limit: 100p or 64kb")] = None,
+    direction: Annotated[
+        str | None,
+        typer.Option(help="only the egress of this end (node or node:iface); default both"),
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Change a running link's bandwidth, loss or queue (takes effect at once)."""
+    from dataclasses import asdict
+
+    from topomirror.lab.realize import set_link
+
+    spec = _load(file)
+    _need_root("lab set")
+    if bw is None and loss is None and queue is None and not no_bw:
+        fail("nothing to change: give --bw, --no-bw, --loss or --queue")
+    state = set_link(spec, str(file), link, bw=bw, loss=loss, queue=queue, direction=direction,
+                     clear_bw=no_bw)
+    if json_out:
+        out.print_json(json.dumps({"link": link, **asdict(state)}))
+    else:
+        out.print(f"[green]set[/] {link}: bw={state.bw or '-'} loss={state.loss:g}% "
+                  f"queue={state.queue or '-'}" + (f" ends={state.ends}" if state.ends else ""))
+
+
+@lab_app.command("link")
+@_guard
+def lab_link(
+    file: LabFile,
+    link: Annotated[str, typer.Argument(help="link name")],
+    state: Annotated[str, typer.Argument(help="up or down")],
+) -> None:
+    """Bring a running link up or down (both ends)."""
+    from topomirror.lab.realize import set_link_state
+
+    if state not in ("up", "down"):
+        fail(f"state must be 'up' or 'down', not {state!r}")
+    spec = _load(file)
+    _need_root("lab link")
+    set_link_state(spec, str(file), link, state == "up")
+    out.print(f"link {link} is {state}")
+
+
+@lab_app.command("graph")
+@_guard
+def lab_graph(
+    file: LabFile,
+    output: Annotated[Path | None, typer.Option("-o", "--output",
+                                                help="picture to write (.svg, .png or .dot)")] = None,
+) -> None:
+    """Draw the topology (SVG or PNG via Graphviz)."""
+    from topomirror.lab.graph import GraphvizMissing, render
+    from topomirror.lab.plan import compile_lab
+
+    spec = _load(file)
+    target = output or Path(f"{spec.name}.svg")
+    try:
+        render(compile_lab(spec), target)
+    except GraphvizMissing as exc:
+        fail(str(exc))
+    out.print(f"wrote {target}")
+
+
+@lab_app.command("gen")
+@_guard
+def lab_gen(
+    kind: Annotated[str, typer.Argument(help="fat-tree or ring")],
+    k: Annotated[int, typer.Option("-k", help="fat-tree arity")] = 4,
+    nodes: Annotated[int, typer.Option(help="ring: number of nodes")] = 32,
+    bw: Annotated[str | None, typer.Option(help="fat-tree: rate on every link")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+) -> None:
+    """Generate a larger lab file (fat-tree of arity k, or a ring of N nodes)."""
+    from topomirror.lab.generate import fat_tree, ring
+
+    if kind == "fat-tree":
+        data = fat_tree(k, bw=bw)
+    elif kind == "ring":
+        data = ring(nodes)
+    else:
+        fail(f"unknown generator {kind!r}: use fat-tree or ring")
+    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    if output:
+        output.write_text(text)
+        out.print(f"wrote {output}")
+    else:
+        sys.stdout.write(text)
+
+
+@app.command("demo")
+@_guard
+def demo(
+    lab: Annotated[Path | None, typer.Option(help="lab file (default: examples/labs/two-path.yaml)")] = None,
+    seconds: Annotated[float, typer.Option(help="seconds per iperf3 run")] = 3.0,
+    json_out: JsonFlag = False,
+) -> None:
+    """Deploy a lab, measure real traffic across it under shaping and loss, destroy it."""
+    from topomirror.demo import run_lab_demo
+
+    _need_root("demo")
+    with console.status("demo") as status:
+        report = run_lab_demo(lab, seconds=seconds, progress=status.update)
+    if json_out:
+        out.print_json(json.dumps(report))
+        return
+    table = Table("direct link", "TCP goodput (Mbit/s)", "TCP retransmits", "UDP probe loss (%)",
+                  title=f"lab {report['lab']}: {report['path']}")
+    for row in report["rows"]:  # type: ignore[union-attr]
+        table.add_row(row["setting"], str(row["tcp_mbps"]), str(row["tcp_retransmits"]),
+                      str(row["udp_probe_loss_pct"]))
+    out.print(table)
+    out.print("The lab was destroyed; nothing of it is left on the machine.")
+
+
+def _save_json(data: object, name: str, out_dir: Path | None) -> Path:
+    folder = out_dir or Path("bench/results")
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = folder / f"{name}-{stamp}.json"
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+@bench_app.command("lab")
+@_guard
+def bench_lab(
+    files: Annotated[list[Path] | None, typer.Argument(help="lab files (default: fat-tree k=4, ring-32)")] = None,
+    repeats: Annotated[int, typer.Option(help="deploy/destroy cycles per lab")] = 3,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="folder for the JSON result")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Time deploy and destroy of larger labs (median and max of several cycles)."""
+    from topomirror.benchmarks import lab as bench
+
+    _need_root("bench lab")
+    with console.status("benchmarking lab deploy/destroy") as status:
+        results = bench.run(files, repeats, progress=status.update)
+    data = {"benchmark": "lab", "date": time.strftime("%Y-%m-%d"), "results": results}
+    path = _save_json(data, "lab", out_dir)
+    if json_out:
+        out.print_json(json.dumps(data))
+        return
+    table = Table("lab", "nodes", "links", "deploy median s", "deploy max s", "destroy median s")
+    for name, r in results.items():
+        table.add_row(name, str(r["nodes"]), str(r["links"]), str(r["deploy_s_median"]),
+                      str(r["deploy_s_max"]), str(r["destroy_s_median"]))
+    out.print(table)
+    console.print(f"saved {path}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
