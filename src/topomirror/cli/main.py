@@ -151,7 +151,7 @@ def lab_inspect(file: LabFile, json_out: JsonFlag = False) -> None:
     nodes = Table("node", "kind", "namespace", "loopback", "interfaces", title="nodes")
     for name, node in info["nodes"].items():  # type: ignore[union-attr]
         ifaces = ", ".join(
-            f"{i}={d['address']}{'' if str(d.get('state', 'UP')).upper() == 'UP' or not node['present'] else ' (' + d['state'] + ')'}"
+            f"{i}={d['address']}" + (f" ({d['state']})" if str(d.get("state", "UP")).upper() != "UP" else "")
             for i, d in node["interfaces"].items()
         )
         nodes.add_row(name, node["kind"], node["namespace"] if node["present"] else "-",
