@@ -26,6 +26,10 @@ lab_app = typer.Typer(help="Build, inspect, change and destroy namespace labs.",
 app.add_typer(lab_app, name="lab")
 bench_app = typer.Typer(help="Benchmarks: print and save JSON.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+node_app = typer.Typer(help="The per-host node daemon.", no_args_is_help=True)
+app.add_typer(node_app, name="node")
+keys_app = typer.Typer(help="Pair keys for the wire protocol.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 console = Console(stderr=True)
 out = Console()
@@ -54,11 +58,13 @@ def _need_root(what: str) -> None:
 def _guard(func):  # type: ignore[no-untyped-def]
     """Turn the errors we expect into one clear line and a non-zero exit."""
     from topomirror.lab.realize import LabError
+    from topomirror.node.config import ConfigError
+    from topomirror.node.launch import LaunchError
 
     def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
         try:
             return func(*args, **kwargs)
-        except (LabError, LabFileError, ValueError) as exc:
+        except (LabError, LabFileError, ConfigError, LaunchError, ValueError) as exc:
             fail(str(exc))
 
     wrapper.__name__ = func.__name__
@@ -101,10 +107,8 @@ def lab_deploy(
     _need_root("lab deploy")
     start = time.perf_counter()
     with console.status(f"deploying lab {spec.name}") as status:
-        deploy(spec, str(file), force=force, progress=lambda m: status.update(f"{spec.name}: {m}"))
-        from topomirror.node.launch import start_lab_nodes
-
-        nodes = start_lab_nodes(spec, str(file), progress=lambda m: status.update(f"{spec.name}: {m}"))
+        registry = deploy(spec, str(file), force=force, progress=lambda m: status.update(f"{spec.name}: {m}"))
+    nodes = [p.role.split(":", 1)[1] for p in registry.processes if p.role.startswith("node:")]
     elapsed = time.perf_counter() - start
     result = {"name": spec.name, "nodes": len(spec.nodes), "links": len(spec.links),
               "daemons": nodes, "seconds": round(elapsed, 3)}
@@ -294,6 +298,94 @@ def lab_gen(
         out.print(f"wrote {output}")
     else:
         sys.stdout.write(text)
+
+
+@node_app.command("run")
+@_guard
+def node_run(
+    config: Annotated[Path, typer.Option("--config", "-c", help="node config (YAML)")],
+    ready_file: Annotated[Path | None, typer.Option(help="write the PID here once running")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Run the node daemon in the foreground (stop with SIGTERM or Ctrl-C)."""
+    import logging
+
+    from topomirror.node.config import load_config
+    from topomirror.node.daemon import run_node
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    run_node(load_config(config), ready_file)
+
+
+@node_app.command("check-config")
+@_guard
+def node_check_config(config: Annotated[Path, typer.Argument(help="node config (YAML)")]) -> None:
+    """Validate a node config (and read its keys) without starting anything."""
+    from topomirror.node.config import load_config, peer_key
+
+    cfg = load_config(config)
+    for peer in cfg.peers:
+        peer_key(peer)
+    out.print(f"[green]ok[/] {config}: node {cfg.name} (id {cfg.node_id}), {len(cfg.peers)} peers, "
+              f"{len(cfg.targets)} targets, {len(cfg.filters)} filters")
+
+
+@keys_app.command("gen")
+def keys_gen(
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="write to this file (mode 600)")] = None,
+) -> None:
+    """Generate a 32-byte pair key (base64) for two nodes."""
+    from topomirror.wire.crypto import generate_key
+
+    key = generate_key()
+    if output is None:
+        out.print(key, highlight=False)
+        return
+    output.write_text(key + "\n")
+    output.chmod(0o600)
+    console.print(f"wrote {output}")
+
+
+@app.command("status")
+@_guard
+def status(
+    api: Annotated[str | None, typer.Option(help="node API URL (default http://127.0.0.1:7781)")] = None,
+    lab: Annotated[Path | None, typer.Option(help="lab file: reach a lab node's API through its socket")] = None,
+    node: Annotated[str | None, typer.Option(help="lab node name (with --lab)")] = None,
+    view: Annotated[str, typer.Option(help="status, flows, paths, sessions or metrics")] = "status",
+    token: Annotated[str | None, typer.Option(envvar="TOPOMIRROR_API_TOKEN", help="API bearer token")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Show a running node's status, flows, paths or sessions."""
+    from topomirror.api.client import ApiError, fetch
+
+    if view not in ("status", "flows", "paths", "sessions", "metrics"):
+        fail(f"unknown view {view!r}: use status, flows, paths, sessions or metrics")
+    socket_path = None
+    if lab is not None:
+        if node is None:
+            fail("--lab needs --node NAME")
+        from topomirror.lab.registry import LabRegistry
+        from topomirror.node.launch import api_socket
+
+        spec = _load(lab)
+        registry = LabRegistry.load(spec.name)
+        if registry is None:
+            fail(f"lab {spec.name!r} is not deployed")
+        socket_path = api_socket(registry, node)
+    try:
+        data = fetch(f"/{view}", url=api, socket_path=socket_path, token=token)
+    except ApiError as exc:
+        fail(str(exc))
+    if view == "metrics":
+        sys.stdout.write(str(data))
+        return
+    if json_out:
+        out.print_json(json.dumps(data))
+        return
+    from topomirror.api.client import render
+
+    render(view, data, out)
 
 
 @app.command("demo")

@@ -164,6 +164,9 @@ def deploy(spec: LabSpec, file: str, *, force: bool = False,
     registry.save()  # before anything exists: a crash from here on is still cleaned up
     try:
         _deploy(plan, registry, progress)
+        from topomirror.node.launch import start_lab_nodes
+
+        start_lab_nodes(plan, registry, progress)
     except Exception:
         progress("deploy failed: removing what was created")
         destroy(spec, progress=progress)

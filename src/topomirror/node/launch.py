@@ -1,13 +1,160 @@
-"""Start and stop node daemons for lab nodes that carry a `topomirror:` block."""
+"""Run node daemons inside a lab: generate keys and configs, start them, record their PIDs.
+
+A lab node opts in with a `topomirror:` block:
+
+    h1:
+      kind: host
+      topomirror:
+        overlay: 172.16.1.1/24          # the host's VM prefix, routed into its TUN
+        targets: {via-r1: {peer: h2, relays: [r1]}}
+        filters: [{number: 100, protocol: udp, dst_ports: [9400], target: via-r1}]
+    r1: {kind: relay, topomirror: {}}
+
+Every pair of topomirror nodes gets its own key; each node's peers are all the other topomirror
+nodes, reached at their loopback address. Files go to the lab's run folder:
+`nodes/<node>/config.yaml`, `nodes/<node>/node.log`, `keys/<a>-<b>.key`.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-from topomirror.lab.spec import LabSpec
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from topomirror.lab.plan import LabPlan
+from topomirror.lab.registry import LabRegistry, ProcessRecord, process_start_time
+from topomirror.wire.crypto import generate_key
+
+Progress = Callable[[str], None]
 
 
-def start_lab_nodes(spec: LabSpec, file: str,
-                    progress: Callable[[str], None] = lambda _: None) -> list[str]:
-    """Start one node daemon per lab node with a `topomirror:` block; return their names."""
-    return []
+class LaunchError(RuntimeError):
+    pass
+
+
+class LabNodeSettings(BaseModel):
+    """The `topomirror:` block of a lab node."""
+
+    model_config = ConfigDict(extra="forbid")
+    overlay: ipaddress.IPv4Interface | None = None
+    port: int = Field(default=4789, ge=1, le=65535)
+    api_port: int = Field(default=7781, ge=1, le=65535)
+    targets: dict[str, Any] = Field(default_factory=dict)
+    filters: list[dict[str, Any]] = Field(default_factory=list)
+    timers: dict[str, Any] = Field(default_factory=dict)
+
+
+def node_dir(registry: LabRegistry, node: str) -> Path:
+    return registry.folder / "nodes" / node
+
+
+def api_socket(registry: LabRegistry, node: str) -> Path:
+    return node_dir(registry, node) / "api.sock"
+
+
+def lab_node_settings(plan: LabPlan) -> dict[str, LabNodeSettings]:
+    out = {}
+    for name, node in plan.spec.nodes.items():
+        if node.topomirror is None:
+            continue
+        try:
+            out[name] = LabNodeSettings.model_validate(node.topomirror)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise LaunchError(f"node {name!r}: topomirror.{where}: {first['msg']}") from None
+    return out
+
+
+def generate_configs(plan: LabPlan, registry: LabRegistry) -> dict[str, Path]:
+    """Write keys and one config per topomirror node; return config paths by node."""
+    settings = lab_node_settings(plan)
+    names = list(settings)
+    ids = {name: index for index, name in enumerate(names, start=1)}
+    keys_dir = registry.folder / "keys"
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    key_files: dict[frozenset[str], Path] = {}
+    for a, b in itertools.combinations(sorted(names), 2):
+        path = keys_dir / f"{a}-{b}.key"
+        path.write_text(generate_key() + "\n")
+        path.chmod(0o600)
+        key_files[frozenset((a, b))] = path
+    configs = {}
+    for name in names:
+        mine = settings[name]
+        folder = node_dir(registry, name)
+        folder.mkdir(parents=True, exist_ok=True)
+        peers = []
+        for other in names:
+            if other == name:
+                continue
+            theirs = settings[other]
+            peers.append({
+                "id": ids[other], "name": other, "underlay": [str(plan.address_of(other))],
+                "port": theirs.port, "relay": plan.spec.nodes[other].kind == "relay",
+                "prefixes": [str(theirs.overlay.network)] if theirs.overlay else [],
+                "key_file": str(key_files[frozenset((name, other))]),
+            })
+        config: dict[str, Any] = {
+            "node_id": ids[name], "name": name,
+            "listen": {"address": "0.0.0.0", "port": mine.port},
+            "underlay": [str(plan.address_of(name))],
+            "api": {"address": "127.0.0.1", "port": mine.api_port},
+            "peers": peers, "targets": mine.targets, "filters": mine.filters,
+            "timers": mine.timers, "state_dir": str(folder),
+        }
+        if mine.overlay is not None:
+            config["overlay"] = {"address": str(mine.overlay), "tun": "tmtun0"}
+        path = folder / "config.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        configs[name] = path
+    return configs
+
+
+def start_lab_nodes(plan: LabPlan, registry: LabRegistry, progress: Progress = lambda _: None,
+                    timeout: float = 20.0) -> list[str]:
+    """Start one daemon per topomirror node, wait until each is ready; return their names."""
+    from topomirror.node.config import load_config
+
+    configs = generate_configs(plan, registry)
+    if not configs:
+        return []
+    for path in configs.values():
+        load_config(path)  # fail here, with the config's own message, not in a daemon log
+    progress(f"starting {len(configs)} node daemons")
+    started: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    for name, path in configs.items():
+        folder = path.parent
+        ready = folder / "ready"
+        ready.unlink(missing_ok=True)
+        argv = ["ip", "netns", "exec", plan.namespace(name), sys.executable, "-m", "topomirror.cli.main",
+                "node", "run", "--config", str(path), "--ready-file", str(ready)]
+        with open(folder / "node.log", "ab") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        start = process_start_time(proc.pid) or 0
+        registry.processes.append(ProcessRecord(proc.pid, start, plan.namespace(name), argv[4:], f"node:{name}"))
+        registry.save()
+        started[name] = (proc, ready)
+    deadline = time.monotonic() + timeout
+    waiting = dict(started)
+    while waiting and time.monotonic() < deadline:
+        for name, (proc, ready) in list(waiting.items()):
+            if ready.exists():
+                del waiting[name]
+            elif proc.poll() is not None:
+                log_tail = (ready.parent / "node.log").read_text()[-1500:]
+                raise LaunchError(f"node daemon {name} exited with code {proc.returncode}:\n{log_tail}")
+        time.sleep(0.05)
+    if waiting:
+        raise LaunchError(f"node daemons not ready after {timeout}s: {', '.join(waiting)} "
+                          f"(logs in {registry.folder / 'nodes'})")
+    return list(started)

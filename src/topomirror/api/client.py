@@ -1,0 +1,84 @@
+"""Read a node's API (TCP URL or Unix socket) and render it for people."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+class ApiError(RuntimeError):
+    pass
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+def fetch(path: str, *, url: str | None = None, socket_path: Path | None = None, token: str | None = None,
+          timeout: float = 5.0) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if socket_path is not None:
+        conn: http.client.HTTPConnection = _UnixConnection(str(socket_path), timeout)
+        where = str(socket_path)
+    else:
+        base = (url or "http://127.0.0.1:7781").removeprefix("http://").rstrip("/")
+        host, _, port = base.partition(":")
+        conn = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
+        where = f"http://{base}"
+    try:
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        body = response.read()
+    except OSError as exc:
+        raise ApiError(f"cannot reach the node API at {where}: {exc}. Is the node running "
+                       "('topomirror node run --config FILE')?") from None
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise ApiError(f"{where}{path}: HTTP {response.status}: {body[:200].decode(errors='replace')}")
+    if path == "/metrics":
+        return body.decode()
+    return json.loads(body)
+
+
+def render(view: str, data: Any, out: Console) -> None:
+    if view == "status":
+        out.print(f"node [bold]{data['node']}[/] id {data['node_id']} epoch {data['epoch']} "
+                  f"up {data['uptime_s']}s, tun mtu {data['tun_mtu']}, {data['flows']} flows, "
+                  f"{data['relay_vcs']} relay VCs")
+        table = Table("counter", "value", title="counters")
+        for key, value in {**data["counters"], **{f"drop:{k}": v for k, v in data["drops"].items()}}.items():
+            table.add_row(key, str(value))
+        out.print(table)
+    elif view == "flows":
+        table = Table("flow", "peer", "mirror", "active", "packets", "bytes", "reason", title="flows")
+        for f in data:
+            table.add_row(f["flow"], str(f["peer"]), str(f["mirror"] or "-"), "yes" if f["mirror_active"] else "",
+                          str(f["packets"]), str(f["bytes"]), f["reason"])
+        out.print(table)
+    elif view == "paths":
+        table = Table("peer", "path", "via", "active", "sent", "reported owd avg us", "loss", "wins", title="paths")
+        for peer, info in data.items():
+            for route in info["routes"]:
+                reports = info["feedback"].get(str(route["path_id"])) or []
+                last = reports[-1] if reports else None
+                table.add_row(peer, str(route["path_id"]), ",".join(route["via"]) or "direct",
+                              "yes" if route["active"] else "no", str(route["packets"]),
+                              str(last["owd_avg_us"]) if last else "-",
+                              str(last["lost"]) if last else "-", str(last["wins"]) if last else "-")
+        out.print(table)
+    else:
+        out.print_json(json.dumps(data))

@@ -1,0 +1,271 @@
+"""The data plane's core: encapsulate, duplicate, relay, authenticate, de-duplicate, measure.
+
+No sockets and no clock reads here: the I/O loop (`topomirror.node.daemon`) hands in bytes and
+the current time and sends what comes back. That keeps the packet logic testable on its own and
+lets the loop batch reads and writes (GSO/GRO super-packets, sendmmsg) without touching it.
+
+Everything on the per-packet path avoids allocation beyond the datagrams themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from topomirror.feedback.measure import FeedbackBuilder, PathHistory
+from topomirror.wire.crypto import AuthenticationFailed, derive, nonce, nonce_from_header_bytes
+from topomirror.wire.dedup import DedupWindow, Verdict
+from topomirror.wire.header import (
+    HEADER,
+    HEADER_SIZE,
+    TAG_SIZE,
+    U32,
+    VERSION,
+    Header,
+    MalformedHeader,
+    MessageType,
+    unpack_header,
+)
+from topomirror.wire.messages import (
+    Control,
+    Feedback,
+    MalformedMessage,
+    Probe,
+    decode_control,
+    decode_feedback,
+    encode,
+)
+
+Address = tuple[str, int]
+
+DROP_REASONS = ("auth_failed", "replay", "duplicate", "too_old", "malformed", "no_route",
+                "unknown_peer", "oversize", "old_epoch", "not_ipv4")
+
+# receive() results: (kind, value, extra)
+DELIVER, FORWARD, FEEDBACK, CONTROL, CONSUMED, DROP = range(6)
+
+
+@dataclass(slots=True)
+class PathRoute:
+    """How this node sends to a peer on one path: path 0 is the standard path."""
+
+    path_id: int
+    channel: int  # relay virtual connection (0 = direct)
+    address: Address  # first hop
+    relays: tuple[str, ...] = ()
+    active: bool = True  # a mirror path is active once every relay acknowledged its VC
+    last_sent: float = 0.0
+    packets: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class PeerLink:
+    """Everything this node keeps about one remote node."""
+
+    id: int
+    name: str
+    key: bytes
+    address: Address
+    relay: bool
+    tx_aead: AESGCM
+    tx_seq: int = 0
+    path_seq: dict[int, int] = field(default_factory=dict)
+    standard: PathRoute | None = None
+    mirrors: dict[str, PathRoute] = field(default_factory=dict)
+    rx_epoch: int | None = None
+    rx_aeads: dict[int, AESGCM] = field(default_factory=dict)
+    window: DedupWindow | None = None
+    meters: FeedbackBuilder | None = None  # what we measure of this sender's paths
+    history: PathHistory = field(default_factory=PathHistory)  # what it reports of ours
+
+
+def _newer_epoch(candidate: int, current: int) -> bool:
+    """Serial-number comparison on u16 epochs (RFC 1982)."""
+    return 0 < (candidate - current) % 65536 < 32768
+
+
+class Engine:
+    def __init__(self, node_id: int, epoch: int, *, window_size: int = 16384,
+                 skew_us: int = 250_000, max_inner: int = 1432) -> None:
+        self.node_id = node_id
+        self.epoch = epoch
+        self.window_size = window_size
+        self.skew_us = skew_us
+        self.max_inner = max_inner
+        self.peers: dict[int, PeerLink] = {}
+        self.peers_by_name: dict[str, PeerLink] = {}
+        self.vcs: dict[tuple[int, int], list] = {}  # (sender, channel) -> [address, expiry, packets]
+        self.drops = dict.fromkeys(DROP_REASONS, 0)
+        self.counters = {"tx_packets": 0, "tx_copies": 0, "tx_bytes": 0, "rx_datagrams": 0,
+                         "delivered": 0, "forwarded": 0, "probes_rx": 0, "feedback_rx": 0,
+                         "control_rx": 0}
+
+    # -- peers -------------------------------------------------------------------------
+    def add_peer(self, peer_id: int, name: str, key: bytes, address: Address, relay: bool) -> PeerLink:
+        link = PeerLink(peer_id, name, key, address, relay, derive(key, self.node_id, self.epoch))
+        link.standard = PathRoute(0, 0, address)
+        link.meters = FeedbackBuilder(self.node_id)
+        self.peers[peer_id] = link
+        self.peers_by_name[name] = link
+        return link
+
+    # -- sending -------------------------------------------------------------------------
+    def _seal(self, peer: PeerLink, kind: int, route: PathRoute, seq: int, payload: bytes,
+              now_us: int) -> bytes:
+        path_seq = (peer.path_seq.get(route.path_id, 0) + 1) % U32
+        peer.path_seq[route.path_id] = path_seq
+        head = HEADER.pack((VERSION << 4) | kind, route.path_id, route.channel, self.node_id,
+                           self.epoch, seq, path_seq, now_us % U32)
+        return head + peer.tx_aead.encrypt(nonce_from_header_bytes(head, route.path_id, seq), payload, head)
+
+    def encapsulate(self, peer: PeerLink, routes: list[PathRoute], packet: bytes,
+                    now: float, now_us: int) -> list[tuple[bytes, Address]]:
+        """One DATA copy of `packet` per route, all with the same session sequence."""
+        peer.tx_seq += 1
+        seq = peer.tx_seq
+        out = []
+        for route in routes:
+            out.append((self._seal(peer, MessageType.DATA, route, seq, packet, now_us), route.address))
+            route.last_sent = now
+            route.packets += 1
+            route.bytes += len(packet)
+        self.counters["tx_packets"] += 1
+        self.counters["tx_copies"] += len(routes)
+        self.counters["tx_bytes"] += len(packet) * len(routes)
+        return out
+
+    def message(self, peer: PeerLink, kind: MessageType, payload_obj: Feedback | Control | Probe,
+                routes: list[PathRoute], now: float, now_us: int) -> list[tuple[bytes, Address]]:
+        """A control-plane message, one copy per route (the receiver keeps the first)."""
+        peer.tx_seq += 1
+        payload = encode(payload_obj)
+        out = []
+        for route in routes:
+            route.last_sent = now
+            out.append((self._seal(peer, kind, route, peer.tx_seq, payload, now_us), route.address))
+        return out
+
+    def routes_to(self, peer: PeerLink) -> list[PathRoute]:
+        """The standard path and every active mirror path to `peer`."""
+        assert peer.standard is not None
+        return [peer.standard, *(r for r in peer.mirrors.values() if r.active)]
+
+    # -- relay table ---------------------------------------------------------------------
+    def install_vc(self, sender: int, channel: int, address: Address, expiry: float) -> None:
+        entry = self.vcs.get((sender, channel))
+        if entry is None:
+            self.vcs[(sender, channel)] = [address, expiry, 0]
+        else:
+            entry[0], entry[1] = address, expiry
+
+    def remove_vc(self, sender: int, channel: int) -> bool:
+        return self.vcs.pop((sender, channel), None) is not None
+
+    def expire_vcs(self, now: float) -> int:
+        dead = [k for k, v in self.vcs.items() if v[1] <= now]
+        for key in dead:
+            del self.vcs[key]
+        return len(dead)
+
+    # -- receiving -----------------------------------------------------------------------
+    def _aead_for(self, peer: PeerLink, epoch: int) -> AESGCM:
+        aead = peer.rx_aeads.get(epoch)
+        if aead is None:
+            if len(peer.rx_aeads) > 4:
+                peer.rx_aeads.clear()
+            aead = peer.rx_aeads[epoch] = derive(peer.key, peer.id, epoch)
+        return aead
+
+    def receive(self, datagram: bytes, now: float, now_us: int) -> tuple[int, object, object]:
+        self.counters["rx_datagrams"] += 1
+        if len(datagram) < HEADER_SIZE + TAG_SIZE or datagram[0] >> 4 != VERSION:
+            self.drops["malformed"] += 1
+            return DROP, "malformed", None
+        channel = (datagram[2] << 8) | datagram[3]
+        if channel:
+            sender = (datagram[4] << 8) | datagram[5]
+            vc = self.vcs.get((sender, channel))
+            if vc is not None and vc[1] > now:
+                vc[2] += 1
+                self.counters["forwarded"] += 1
+                return FORWARD, datagram, vc[0]
+        try:
+            header = unpack_header(datagram)
+        except MalformedHeader:
+            self.drops["malformed"] += 1
+            return DROP, "malformed", None
+        peer = self.peers.get(header.sender)
+        if peer is None:
+            self.drops["unknown_peer"] += 1
+            return DROP, "unknown_peer", None
+
+        switching = False
+        if peer.rx_epoch is None or header.epoch != peer.rx_epoch:
+            if peer.rx_epoch is not None and not _newer_epoch(header.epoch, peer.rx_epoch):
+                self.drops["old_epoch"] += 1
+                return DROP, "old_epoch", None
+            switching = True
+            verdict = Verdict.NEW
+        else:
+            assert peer.window is not None
+            verdict = peer.window.check(header.seq, header.path_id, header.send_time_us)
+            if verdict is Verdict.REPLAY:
+                self.drops["replay"] += 1
+                return DROP, "replay", None
+            if verdict is Verdict.TOO_OLD:
+                self.drops["too_old"] += 1
+                return DROP, "too_old", None
+        try:
+            payload = self._aead_for(peer, header.epoch).decrypt(
+                nonce(header), datagram[HEADER_SIZE:], datagram[:HEADER_SIZE])
+        except Exception:  # InvalidTag, or a tag too short
+            self.drops["auth_failed"] += 1
+            return DROP, "auth_failed", AuthenticationFailed
+        if switching:
+            # An authenticated packet from a newer epoch: the sender restarted.
+            peer.rx_epoch = header.epoch
+            peer.window = DedupWindow(self.window_size, self.skew_us)
+            peer.meters = FeedbackBuilder(self.node_id)
+        assert peer.window is not None and peer.meters is not None
+        peer.window.commit(header.seq, header.path_id, header.send_time_us)
+
+        kind = header.type
+        if kind is MessageType.DATA or kind is MessageType.PROBE:
+            peer.meters.meter(header.path_id).record(now_us, header.send_time_us, header.path_seq,
+                                                     len(payload), verdict is Verdict.NEW)
+        if verdict is Verdict.DUPLICATE:
+            self.drops["duplicate"] += 1
+            return DROP, "duplicate", None
+        if kind is MessageType.DATA:
+            self.counters["delivered"] += 1
+            return DELIVER, payload, peer
+        if kind is MessageType.PROBE:
+            self.counters["probes_rx"] += 1
+            return CONSUMED, None, peer
+        try:
+            if kind is MessageType.FEEDBACK:
+                self.counters["feedback_rx"] += 1
+                return FEEDBACK, decode_feedback(payload), peer
+            self.counters["control_rx"] += 1
+            return CONTROL, decode_control(payload), peer
+        except MalformedMessage:
+            self.drops["malformed"] += 1
+            return DROP, "malformed", None
+
+    def feedback_messages(self, interval_ms: int, now: float, now_us: int) -> list[tuple[bytes, Address]]:
+        out = []
+        for peer in self.peers.values():
+            if peer.meters is None:
+                continue
+            feedback = peer.meters.build(interval_ms)
+            if feedback is not None:
+                # Sent on every path we have to the source: feedback must survive the failure
+                # it reports. The source de-duplicates the copies like any other message.
+                out.extend(self.message(peer, MessageType.FEEDBACK, feedback, self.routes_to(peer),
+                                        now, now_us))
+        return out
+
+    def header_of(self, datagram: bytes) -> Header:
+        return unpack_header(datagram)

@@ -1,0 +1,457 @@
+"""The node daemon: wires config, TUN, UDP socket, the data-plane engine, timers and the API.
+
+I/O is done here and only here. Reads are drained in batches per wake-up (`_on_tun`,
+`_on_udp`), so replacing them with GRO/GSO super-packets or recvmmsg later changes these two
+functions and nothing in the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from topomirror.dataplane.engine import (
+    CONTROL,
+    DELIVER,
+    FEEDBACK,
+    FORWARD,
+    Engine,
+    PathRoute,
+    PeerLink,
+)
+from topomirror.dataplane.packet import flow_bytes, flow_key
+from topomirror.dataplane.rules import DecisionHook, FlowDecision, static_hook
+from topomirror.node.config import NodeConfig, peer_key
+from topomirror.wire.header import MessageType, tun_mtu
+from topomirror.wire.messages import Control, Feedback, Probe
+
+log = logging.getLogger("topomirror.node")
+BATCH = 64
+
+
+@dataclass(slots=True)
+class FlowEntry:
+    key: str
+    peer: PeerLink | None
+    decision: FlowDecision
+    mirror: PathRoute | None
+    first_seen: float
+    last_seen: float
+    packets: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class VcInstall:
+    """A virtual connection this node (as source) keeps installed on one relay."""
+
+    target: str
+    relay: PeerLink
+    channel: int
+    next_hop: tuple[str, int]
+    request_id: int = 0
+    acked_until: float = 0.0  # lease end as acknowledged by the relay
+    next_send: float = 0.0
+    attempts: int = 0
+    last_error: str = ""
+
+
+@dataclass
+class MirrorTarget:
+    name: str
+    peer: PeerLink
+    route: PathRoute
+    installs: list[VcInstall] = field(default_factory=list)
+    state: str = "installing"
+
+
+def next_epoch(state_dir: Path | None) -> int:
+    """A new u16 epoch per start: a persistent counter if we have a state folder."""
+    if state_dir is None:
+        return random.SystemRandom().randrange(1, 65536)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "epoch"
+    try:
+        current = int(path.read_text())
+    except (OSError, ValueError):
+        current = random.SystemRandom().randrange(0, 65536)
+    epoch = (current + 1) % 65536
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(str(epoch))
+    os.replace(tmp, path)
+    return epoch
+
+
+class Node:
+    def __init__(self, config: NodeConfig, *, hook: DecisionHook | None = None) -> None:
+        self.config = config
+        self.started = time.time()
+        self.epoch = next_epoch(config.state_dir)
+        underlay_mtu = config.overlay.underlay_mtu if config.overlay else 1500
+        self.tun_mtu = tun_mtu(underlay_mtu)
+        timers = config.timers
+        self.engine = Engine(config.node_id, self.epoch, window_size=timers.dedup_window,
+                             skew_us=timers.dedup_skew_ms * 1000, max_inner=self.tun_mtu)
+        self.hook = hook or static_hook(config.filters)
+        self.flows: dict[bytes, FlowEntry] = {}
+        self.prefixes: list[tuple[ipaddress.IPv4Network, PeerLink]] = []
+        for peer in config.peers:
+            link = self.engine.add_peer(peer.id, peer.name, peer_key(peer),
+                                        (str(peer.underlay[0]), peer.port), peer.relay)
+            for prefix in peer.prefixes:
+                self.prefixes.append((prefix, link))
+        self.prefixes.sort(key=lambda item: -item[0].prefixlen)
+        self.targets: dict[str, MirrorTarget] = {}
+        for index, (name, target) in enumerate(config.targets.items(), start=1):
+            peer = self.engine.peers_by_name[target.peer]
+            relays = [self.engine.peers_by_name[r] for r in target.relays]
+            route = PathRoute(index, index, relays[0].address, tuple(target.relays), active=False)
+            peer.mirrors[name] = route
+            hops = [*relays[1:]]
+            installs = [
+                VcInstall(name, relay, index, (hops[i].address if i < len(hops) else peer.address))
+                for i, relay in enumerate(relays)
+            ]
+            self.targets[name] = MirrorTarget(name, peer, route, installs)
+        self.tx_errors: dict[str, int] = {}
+        self._request_ids = 0
+        self.tun_fd: int | None = None
+        self.sock: socket.socket | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stop = asyncio.Event()
+        self._monotonic = time.monotonic
+        self.probes_sent = 0
+
+    # -- clocks --------------------------------------------------------------------------
+    def _now(self) -> tuple[float, int]:
+        ns = time.monotonic_ns()
+        return ns / 1e9, ns // 1000
+
+    # -- packet path: TUN -> peers -----------------------------------------------------------
+    def _lookup_peer(self, packet: bytes) -> PeerLink | None:
+        dst = ipaddress.IPv4Address(packet[16:20])
+        for prefix, peer in self.prefixes:
+            if dst in prefix:
+                return peer
+        return None
+
+    def _new_flow(self, raw: bytes, packet: bytes, now: float) -> FlowEntry:
+        key = flow_key(packet)
+        peer = self._lookup_peer(packet)
+        assert key is not None
+        decision = self.hook(key, packet) if peer is not None else FlowDecision(None, "no peer owns the destination")
+        mirror = None
+        if peer is not None and decision.target is not None:
+            target = self.targets.get(decision.target)
+            if target is not None and target.peer is peer:
+                mirror = target.route
+            else:
+                decision = FlowDecision(None, f"{decision.reason}, but target {decision.target!r} does not lead "
+                                        f"to {peer.name}", decision.rule)
+        entry = FlowEntry(str(key), peer, decision, mirror, now, now)
+        self.flows[raw] = entry
+        log.info("new flow %s: %s", key, decision.reason)
+        return entry
+
+    def _on_tun(self) -> None:
+        assert self.tun_fd is not None and self.sock is not None
+        now, now_us = self._now()
+        sendto = self.sock.sendto
+        engine = self.engine
+        for _ in range(BATCH):
+            try:
+                packet = os.read(self.tun_fd, 65535)
+            except BlockingIOError:
+                return
+            if len(packet) > self.tun_mtu:
+                engine.drops["oversize"] += 1
+                continue
+            raw = flow_bytes(packet)
+            if raw is None:
+                engine.drops["not_ipv4"] += 1
+                continue
+            flow = self.flows.get(raw)
+            if flow is None:
+                flow = self._new_flow(raw, packet, now)
+            flow.packets += 1
+            flow.bytes += len(packet)
+            flow.last_seen = now
+            peer = flow.peer
+            if peer is None:
+                engine.drops["no_route"] += 1
+                continue
+            assert peer.standard is not None
+            routes = [peer.standard]
+            if flow.mirror is not None and flow.mirror.active:
+                routes.append(flow.mirror)
+            for datagram, address in engine.encapsulate(peer, routes, packet, now, now_us):
+                self._send(sendto, datagram, address)
+
+    def _send(self, sendto, datagram: bytes, address: tuple[str, int]) -> None:  # type: ignore[no-untyped-def]
+        try:
+            sendto(datagram, address)
+        except OSError as exc:
+            reason = errno.errorcode.get(exc.errno or 0, "error").lower()
+            self.tx_errors[reason] = self.tx_errors.get(reason, 0) + 1
+            if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+                self.engine.drops["no_route"] += 1
+
+    # -- packet path: peers -> TUN / relay -------------------------------------------------
+    def _on_udp(self) -> None:
+        assert self.sock is not None
+        now, now_us = self._now()
+        recv = self.sock.recvfrom
+        sendto = self.sock.sendto
+        receive = self.engine.receive
+        tun_fd = self.tun_fd
+        for _ in range(BATCH):
+            try:
+                datagram, _addr = recv(65535)
+            except BlockingIOError:
+                return
+            kind, value, extra = receive(datagram, now, now_us)
+            if kind == DELIVER:
+                if tun_fd is not None:
+                    try:
+                        os.write(tun_fd, value)  # type: ignore[arg-type]
+                    except OSError:
+                        self.engine.drops["malformed"] += 1
+            elif kind == FORWARD:
+                self._send(sendto, value, extra)  # type: ignore[arg-type]
+            elif kind == FEEDBACK:
+                assert isinstance(extra, PeerLink) and isinstance(value, Feedback)
+                extra.history.add(now, value)
+            elif kind == CONTROL:
+                assert isinstance(extra, PeerLink) and isinstance(value, Control)
+                self._on_control(extra, value, now, now_us)
+
+    def _on_control(self, peer: PeerLink, message: Control, now: float, now_us: int) -> None:
+        if message.op == "vc_install":
+            host, _, port = message.next_hop.rpartition(":")
+            lease = min(max(message.lease_ms, 100), 60_000) / 1000
+            self.engine.install_vc(peer.id, message.channel, (host, int(port)), now + lease)
+            reply = Control("ack", message.request_id, message.channel, lease_ms=message.lease_ms)
+        elif message.op == "vc_remove":
+            self.engine.remove_vc(peer.id, message.channel)
+            reply = Control("ack", message.request_id, message.channel)
+        elif message.op == "ack":
+            for target in self.targets.values():
+                for install in target.installs:
+                    if install.relay is peer and install.request_id == message.request_id:
+                        # The relay's lease started when it got the request, a little before now:
+                        # count it from now minus a margin so we never believe in a lapsed lease.
+                        install.acked_until = now + message.lease_ms / 1000 * 0.9
+                        install.attempts = 0
+                        install.next_send = now + message.lease_ms / 3000
+            self._refresh_targets(now)
+            return
+        else:
+            return
+        for datagram, address in self.engine.message(peer, MessageType.CONTROL, reply,
+                                                      self.engine.routes_to(peer)[:1], now, now_us):
+            self._send(self.sock.sendto, datagram, address)  # type: ignore[union-attr]
+
+    # -- timers ----------------------------------------------------------------------------
+    def _refresh_targets(self, now: float) -> None:
+        for target in self.targets.values():
+            active = all(i.acked_until > now for i in target.installs)
+            if active != target.route.active:
+                log.info("mirror target %s %s", target.name, "active" if active else "inactive")
+            target.route.active = active
+            target.state = "active" if active else "installing"
+
+    def _install_tick(self) -> None:
+        assert self.sock is not None
+        now, now_us = self._now()
+        lease_ms = self.config.timers.lease_ms
+        for target in self.targets.values():
+            for install in target.installs:
+                if now < install.next_send:
+                    continue
+                self._request_ids += 1
+                install.request_id = self._request_ids
+                install.attempts += 1
+                # Retry quickly while unacknowledged (backoff to 1 s), renew at a third of the lease.
+                install.next_send = now + min(0.05 * 2 ** min(install.attempts - 1, 5), 1.0)
+                request = Control("vc_install", install.request_id, install.channel,
+                                  f"{install.next_hop[0]}:{install.next_hop[1]}", lease_ms)
+                for datagram, address in self.engine.message(install.relay, MessageType.CONTROL, request,
+                                                              [install.relay.standard], now, now_us):
+                    self._send(self.sock.sendto, datagram, address)
+        self._refresh_targets(now)
+        self.engine.expire_vcs(now)
+
+    def _feedback_tick(self) -> None:
+        assert self.sock is not None
+        now, now_us = self._now()
+        for datagram, address in self.engine.feedback_messages(self.config.timers.feedback_ms, now, now_us):
+            self._send(self.sock.sendto, datagram, address)
+
+    def _probe_tick(self) -> None:
+        assert self.sock is not None
+        now, now_us = self._now()
+        idle = self.config.timers.probe_ms / 1000
+        for peer in self.engine.peers.values():
+            if peer.relay and not peer.mirrors:
+                continue  # relays are measured through the paths they carry
+            for route in self.engine.routes_to(peer):
+                if now - route.last_sent >= idle:
+                    self.probes_sent += 1
+                    for datagram, address in self.engine.message(peer, MessageType.PROBE, Probe(self.probes_sent),
+                                                                  [route], now, now_us):
+                        self._send(self.sock.sendto, datagram, address)
+
+    def _expire_flows(self) -> None:
+        now, _ = self._now()
+        idle = self.config.timers.flow_idle_s
+        for raw in [k for k, f in self.flows.items() if now - f.last_seen > idle]:
+            del self.flows[raw]
+
+    async def _every(self, seconds: float, func) -> None:  # type: ignore[no-untyped-def]
+        while not self._stop.is_set():
+            try:
+                func()
+            except Exception:  # a timer must never take the node down
+                log.exception("timer %s failed", getattr(func, "__name__", func))
+            await asyncio.sleep(seconds)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def open_io(self) -> None:
+        """Socket and TUN; called before the event loop starts (pyroute2's sync API runs its own loop)."""
+        config = self.config
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        self.sock.bind((str(config.listen.address), config.listen.port))
+        self.sock.setblocking(False)
+        if config.overlay is not None:
+            from topomirror.dataplane.tun import configure_tun, open_tun
+
+            self.tun_fd = open_tun(config.overlay.tun)
+            # The overlay is IPv4; keep the kernel's IPv6 chatter (RS, MLD) out of the TUN.
+            with contextlib.suppress(OSError):
+                Path(f"/proc/sys/net/ipv6/conf/{config.overlay.tun}/disable_ipv6").write_text("1")
+            routes = [(str(p.network_address), p.prefixlen) for p, _ in self.prefixes]
+            configure_tun(config.overlay.tun, str(config.overlay.address.ip),
+                          config.overlay.address.network.prefixlen, self.tun_mtu, routes)
+
+    async def run(self, ready_file: Path | None = None) -> None:
+        from topomirror.api.server import start_api
+
+        self.loop = asyncio.get_running_loop()
+        if self.sock is None:
+            self.open_io()
+        assert self.sock is not None
+        self.loop.add_reader(self.sock.fileno(), self._on_udp)
+        if self.tun_fd is not None:
+            self.loop.add_reader(self.tun_fd, self._on_tun)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self._stop.set)
+        runner = await start_api(self)
+        timers = self.config.timers
+        tasks = [
+            asyncio.create_task(self._every(0.02, self._install_tick)),
+            asyncio.create_task(self._every(timers.feedback_ms / 1000, self._feedback_tick)),
+            asyncio.create_task(self._every(timers.probe_ms / 2000, self._probe_tick)),
+            asyncio.create_task(self._every(1.0, self._expire_flows)),
+        ]
+        log.info("node %s (id %d, epoch %d) running: udp %s:%d, tun %s mtu %d, %d peers, %d targets",
+                 self.config.name, self.config.node_id, self.epoch, self.config.listen.address,
+                 self.config.listen.port, self.config.overlay.tun if self.config.overlay else "-",
+                 self.tun_mtu, len(self.engine.peers), len(self.targets))
+        if ready_file is not None:
+            ready_file.write_text(str(os.getpid()))
+        await self._stop.wait()
+        log.info("node %s stopping", self.config.name)
+        for task in tasks:
+            task.cancel()
+        await runner.cleanup()
+        self.loop.remove_reader(self.sock.fileno())
+        if self.tun_fd is not None:
+            self.loop.remove_reader(self.tun_fd)
+            with contextlib.suppress(OSError):
+                os.close(self.tun_fd)
+        self.sock.close()
+
+    # -- views for the API -----------------------------------------------------------------
+    def status(self) -> dict[str, object]:
+        return {
+            "node": self.config.name, "node_id": self.config.node_id, "epoch": self.epoch,
+            "uptime_s": round(time.time() - self.started, 1), "tun_mtu": self.tun_mtu,
+            "counters": dict(self.engine.counters), "drops": dict(self.engine.drops),
+            "tx_errors": dict(self.tx_errors), "flows": len(self.flows),
+            "relay_vcs": len(self.engine.vcs), "probes_sent": self.probes_sent,
+        }
+
+    def flows_view(self) -> list[dict[str, object]]:
+        now = self._monotonic()
+        return [
+            {"flow": f.key, "peer": f.peer.name if f.peer else None, "mirror": f.decision.target,
+             "mirror_active": bool(f.mirror and f.mirror.active), "reason": f.decision.reason,
+             "rule": f.decision.rule, "packets": f.packets, "bytes": f.bytes,
+             "age_s": round(now - f.first_seen, 3), "idle_s": round(now - f.last_seen, 3)}
+            for f in self.flows.values()
+        ]
+
+    def paths_view(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for peer in self.engine.peers.values():
+            routes = self.engine.routes_to(peer) if peer.standard else []
+            inactive = [r for r in peer.mirrors.values() if not r.active]
+            out[peer.name] = {
+                "address": f"{peer.address[0]}:{peer.address[1]}",
+                "relay": peer.relay,
+                "rx_epoch": peer.rx_epoch,
+                "routes": [
+                    {"path_id": r.path_id, "channel": r.channel, "via": list(r.relays), "active": r.active,
+                     "packets": r.packets, "bytes": r.bytes}
+                    for r in [*routes, *inactive]
+                ],
+                "measured_here": {
+                    str(m.path_id): {"packets": m.total_packets, "wins": m.total_wins, "owd_now_us": m.owd_now_us,
+                                     "jitter_us": int(m.jitter_us)}
+                    for m in (peer.meters.meters.values() if peer.meters else [])
+                },
+                "feedback": peer.history.as_dict(),
+            }
+        return out
+
+    def sessions_view(self) -> dict[str, object]:
+        now = self._monotonic()
+        return {
+            "mirror_targets": [
+                {"target": t.name, "peer": t.peer.name, "state": t.state, "path_id": t.route.path_id,
+                 "channel": t.route.channel, "relays": list(t.route.relays),
+                 "installs": [{"relay": i.relay.name, "next_hop": f"{i.next_hop[0]}:{i.next_hop[1]}",
+                               "lease_left_s": round(max(0.0, i.acked_until - now), 2), "attempts": i.attempts}
+                              for i in t.installs]}
+                for t in self.targets.values()
+            ],
+            "relay_vcs": [
+                {"sender": self.engine.peers[s].name if s in self.engine.peers else s, "channel": c,
+                 "next_hop": f"{v[0][0]}:{v[0][1]}", "lease_left_s": round(v[1] - now, 2), "packets": v[2]}
+                for (s, c), v in self.engine.vcs.items()
+            ],
+        }
+
+
+def run_node(config: NodeConfig, ready_file: Path | None = None) -> None:
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but asyncio works too
+        runner = asyncio.run
+    node = Node(config)
+    node.open_io()
+    runner(node.run(ready_file))
