@@ -79,10 +79,13 @@ class LabRegistry:
 
 
 def process_start_time(pid: int) -> int | None:
-    """Kernel start time (clock ticks since boot) of a PID, or None if it is gone."""
+    """Kernel start time (clock ticks since boot) of a live PID; None if it is gone or a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    # Field 22; the command name (field 2) may contain spaces, so split after its ')'.
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    # The command name (field 2) may contain spaces, so split after its ')'.
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):  # exited, waiting to be reaped: nothing left to stop
+        return None
+    return int(fields[19])

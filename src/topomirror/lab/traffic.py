@@ -80,8 +80,8 @@ def iperf3_tcp(plan: LabPlan, src: str, dst: str, *, seconds: float = 3.0, port:
     if "error" in data:
         raise TrafficError(f"iperf3 failed: {data['error']}")
     end = data["end"]
-    return IperfResult(end["sum_received"]["bits_per_second"],
-                       end.get("sum_sent", {}).get("retransmits", 0), data)
+    received = end.get("sum_received") or end["sum"]  # TCP: sum_received; UDP (-u): sum
+    return IperfResult(received["bits_per_second"], end.get("sum_sent", {}).get("retransmits", 0), data)
 
 
 @dataclass(frozen=True)
