@@ -449,6 +449,33 @@ def bench_lab(
     console.print(f"saved {path}")
 
 
+@bench_app.command("dataplane")
+@_guard
+def bench_dataplane(
+    seconds: Annotated[float, typer.Option(help="seconds per iperf3 run")] = 5.0,
+    quick: Annotated[bool, typer.Option("--quick", help="short runs, fewer bisection steps")] = False,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="folder for the JSON result")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Tunnel vs direct veth on the two-path lab: TCP goodput, lossless UDP rate, added latency."""
+    from topomirror.benchmarks import dataplane
+
+    _need_root("bench dataplane")
+    with console.status("benchmarking the data plane") as status:
+        results = dataplane.run(seconds=seconds, quick=quick, progress=status.update)
+    data = {"benchmark": "dataplane", "date": time.strftime("%Y-%m-%d"), **results}
+    path = _save_json(data, "dataplane", out_dir)
+    if json_out:
+        out.print_json(json.dumps(data))
+        return
+    table = Table("metric", "value")
+    for key in ("direct_tcp_gbps", "tunnel_tcp_gbps", "dup_tcp_gbps", "dup_udp_pps_lossless",
+                "added_latency_p50_us", "added_latency_p99_us"):
+        table.add_row(key, str(data[key]))
+    out.print(table)
+    console.print(f"saved {path}")
+
+
 def main() -> None:
     app()
 

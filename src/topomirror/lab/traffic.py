@@ -89,6 +89,9 @@ class ProbeResult:
     sent: int
     received: int
     duplicates: int
+    owd_p50_us: float | None = None
+    owd_p99_us: float | None = None
+    owd_p999_us: float | None = None
 
     @property
     def loss(self) -> float:
@@ -115,7 +118,8 @@ def udp_probe(plan: LabPlan, src: str, dst: str, *, count: int = 2000, rate_pps:
         report = json.loads(stdout)
     except json.JSONDecodeError:
         raise TrafficError(f"probe receiver failed: {stderr.strip()}") from None
-    return ProbeResult(count, report["unique"], report["duplicates"])
+    return ProbeResult(count, report["unique"], report["duplicates"], report.get("owd_p50_us"),
+                       report.get("owd_p99_us"), report.get("owd_p999_us"))
 
 
 def free_port() -> int:

@@ -66,10 +66,6 @@ def nonce(header: Header) -> bytes:
         (header.seq & _SEQ_MASK).to_bytes(7, "big")
 
 
-def nonce_from_header_bytes(head: bytes, path_id: int, seq: int) -> bytes:
-    """The same nonce as `nonce`, from packed header bytes (the sender's fast path)."""
-    return head[4:8] + bytes((path_id,)) + (seq & _SEQ_MASK).to_bytes(7, "big")
-
 
 def seal(aead: AESGCM, header: Header, payload: bytes) -> bytes:
     """Header bytes + ciphertext + tag."""

@@ -126,3 +126,10 @@ def test_keys() -> None:
 @given(st.integers(0, 2**32 - 1), st.integers(-(2**30), 2**30))
 def test_time_diff_wraps(start: int, delta: int) -> None:
     assert time_diff_us((start + delta) % 2**32, start) == delta
+
+
+@given(headers)
+def test_nonce_is_a_slice_of_the_packed_header(header: Header) -> None:
+    """The data plane builds nonces from header bytes; they must equal the documented layout."""
+    head = header.pack()
+    assert head[4:8] + head[1:2] + head[9:16] == nonce(header)
