@@ -476,6 +476,27 @@ def bench_dataplane(
     console.print(f"saved {path}")
 
 
+@bench_app.command("planning")
+@_guard
+def bench_planning(
+    samples: Annotated[int, typer.Option(help="random host pairs to plan")] = 2000,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="folder for the JSON result")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Mirror planning cost on a k=8 fat-tree with relays (p50/p99, wall and CPU)."""
+    from topomirror.benchmarks import planning
+
+    with console.status("planning mirrors on a k=8 fat-tree"):
+        results = planning.run(samples)
+    data = {"benchmark": "planning", "date": time.strftime("%Y-%m-%d"), **results}
+    path = _save_json(data, "planning", out_dir)
+    if json_out:
+        out.print_json(json.dumps(data))
+    else:
+        out.print_json(json.dumps(results))
+    console.print(f"saved {path}")
+
+
 def main() -> None:
     app()
 
