@@ -1,0 +1,140 @@
+"""The node's SQLite store: decisions with their reasons, sessions, path telemetry, model state.
+
+Writes are queued in memory and committed by a timer (every ~200 ms), never on the packet path.
+A corrupt file stops the node with a message that says how to recover; `recover()` moves the
+file aside (kept for inspection) and starts a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,            -- wall clock, seconds
+    subject TEXT NOT NULL,       -- "flow:<key>" or "session:<id>"
+    kind TEXT NOT NULL,          -- new_flow, mirror, no_mirror, session_state, adapt, ...
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS decisions_subject ON decisions(subject, id);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id INTEGER PRIMARY KEY,
+    flow TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    state TEXT NOT NULL,
+    updated REAL NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS telemetry (
+    at REAL NOT NULL,
+    peer TEXT NOT NULL,
+    path_id INTEGER NOT NULL,
+    report TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS telemetry_at ON telemetry(at);
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+class StoreCorrupt(RuntimeError):
+    """The database cannot be read; the message names the file and the way out."""
+
+
+class Store:
+    def __init__(self, path: Path, *, clock=time.time) -> None:  # type: ignore[no-untyped-def]
+        self.path = path
+        self._clock = clock
+        self._pending: list[tuple[str, tuple[Any, ...]]] = []
+        try:
+            self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            ok = self.db.execute("PRAGMA quick_check").fetchone()[0]
+            if ok != "ok":
+                raise sqlite3.DatabaseError(ok)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StoreCorrupt(
+                f"{path}: the node database is unreadable ({exc}). Start the node with --recover-db to move "
+                f"it aside (kept as {path.name}.corrupt-<time>) and begin a new one, or delete it."
+            ) from None
+
+    @classmethod
+    def recover(cls, path: Path) -> Path | None:
+        """Move a (corrupt) database and its WAL files aside; return where it went."""
+        if not path.exists():
+            return None
+        target = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        path.rename(target)
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                side.rename(target.with_name(target.name + suffix))
+        return target
+
+    # -- queued writes --------------------------------------------------------------------
+    def decision(self, subject: str, kind: str, reason: str, **detail: Any) -> None:
+        self._pending.append(("INSERT INTO decisions(at, subject, kind, reason, detail) VALUES (?,?,?,?,?)",
+                              (self._clock(), subject, kind, reason, json.dumps(detail, default=str))))
+
+    def session(self, session_id: int, flow: str, peer: str, state: str, **detail: Any) -> None:
+        self._pending.append((
+            "INSERT INTO sessions(session_id, flow, peer, state, updated, detail) VALUES (?,?,?,?,?,?) "
+            "ON CONFLICT(session_id) DO UPDATE SET state=excluded.state, updated=excluded.updated, "
+            "detail=excluded.detail",
+            (session_id, flow, peer, state, self._clock(), json.dumps(detail, default=str))))
+
+    def telemetry(self, peer: str, path_id: int, report: dict[str, Any]) -> None:
+        self._pending.append(("INSERT INTO telemetry(at, peer, path_id, report) VALUES (?,?,?,?)",
+                              (self._clock(), peer, path_id, json.dumps(report))))
+
+    def put(self, key: str, value: Any) -> None:
+        self._pending.append(("INSERT INTO kv(key, value) VALUES (?,?) ON CONFLICT(key) DO UPDATE SET "
+                              "value=excluded.value", (key, json.dumps(value, default=str))))
+
+    def flush(self) -> int:
+        if not self._pending:
+            return 0
+        pending, self._pending = self._pending, []
+        self.db.execute("BEGIN")
+        for sql, args in pending:
+            self.db.execute(sql, args)
+        self.db.execute("COMMIT")
+        return len(pending)
+
+    # -- reads ----------------------------------------------------------------------------
+    def get(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def explain(self, subject: str, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT at, subject, kind, reason, detail FROM decisions WHERE subject=? OR subject LIKE ? "
+            "ORDER BY id DESC LIMIT ?", (subject, f"%{subject}%", limit)).fetchall()
+        return [{"at": at, "subject": s, "kind": k, "reason": r, "detail": json.loads(d)}
+                for at, s, k, r, d in reversed(rows)]
+
+    def sessions(self, live_only: bool = False) -> list[dict[str, Any]]:
+        sql = "SELECT session_id, flow, peer, state, updated, detail FROM sessions"
+        if live_only:
+            sql += " WHERE state NOT IN ('withdrawn', 'failed')"
+        return [{"session_id": i, "flow": f, "peer": p, "state": s, "updated": u, "detail": json.loads(d)}
+                for i, f, p, s, u, d in self.db.execute(sql + " ORDER BY session_id")]
+
+    def telemetry_since(self, since: float) -> list[dict[str, Any]]:
+        return [{"at": at, "peer": p, "path_id": path, **json.loads(r)}
+                for at, p, path, r in self.db.execute(
+                    "SELECT at, peer, path_id, report FROM telemetry WHERE at >= ? ORDER BY at", (since,))]
+
+    def close(self) -> None:
+        self.flush()
+        self.db.close()
