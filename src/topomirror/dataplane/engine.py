@@ -232,9 +232,10 @@ class Engine:
             peer.meters = FeedbackBuilder(self.node_id)
         peer.window.commit(seq, path_id, send_time)  # type: ignore[union-attr]
 
-        if kind == _DATA or kind == _PROBE:
-            peer.meters.meter(path_id).record(now_us, send_time, path_seq, len(payload),  # type: ignore[union-attr]
-                                              verdict is Verdict.NEW)
+        # Every authenticated message is measured: each one took a path sequence number, so
+        # skipping FEEDBACK or CONTROL would show up as loss on that path.
+        peer.meters.meter(path_id).record(now_us, send_time, path_seq, len(payload),  # type: ignore[union-attr]
+                                          verdict is Verdict.NEW)
         if verdict is Verdict.DUPLICATE:
             self.drops["duplicate"] += 1
             return DROP, "duplicate", None

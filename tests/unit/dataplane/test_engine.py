@@ -100,3 +100,16 @@ def test_vc_lease_expires() -> None:
     assert r.expire_vcs(50.0) == 0
     assert r.expire_vcs(100.0) == 1
     assert not r.vcs
+
+
+def test_control_messages_between_data_do_not_look_like_loss() -> None:
+    a, b, _ = build()
+    peer = a.peers[2]
+    for n in range(20):
+        (datagram, _), = a.encapsulate(peer, [peer.standard], b"d", 1.0, 1000 + n)  # type: ignore[list-item]
+        b.receive(datagram, 1.0, 1100 + n)
+        if n % 3 == 0:
+            (probe, _), = a.message(peer, MessageType.PROBE, Probe(n), [peer.standard], 1.0, 1000 + n)  # type: ignore[misc]
+            b.receive(probe, 1.0, 1100 + n)
+    [report] = b.peers[1].meters.build(100).paths  # type: ignore[union-attr]
+    assert report.lost == 0 and report.packets == 27
