@@ -73,12 +73,19 @@ def build_app(node: Node) -> web.Application:
     async def sessions(_: web.Request) -> web.Response:
         return web.json_response(node.sessions_view())
 
+    async def explain(request: web.Request) -> web.Response:
+        subject = request.query.get("subject", "")
+        if not subject:
+            return web.json_response({"error": "give ?subject=FLOW-or-session:ID"}, status=400)
+        return web.json_response(node.explain(subject))
+
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry), content_type="text/plain")
 
     app = web.Application(middlewares=[auth])
     app.add_routes([web.get("/status", status), web.get("/flows", flows), web.get("/paths", paths),
-                    web.get("/sessions", sessions), web.get("/metrics", metrics)])
+                    web.get("/sessions", sessions), web.get("/metrics", metrics),
+                    web.get("/explain", explain)])
     return app
 
 

@@ -391,12 +391,54 @@ def status(
 @app.command("demo")
 @_guard
 def demo(
+    lab: Annotated[Path | None, typer.Option(help="lab file (default: examples/labs/diamond-mirror.yaml)")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="short schedule (about 90 s)")] = False,
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for demo.json and report.html")] = Path("out/demo"),
+    policies: Annotated[str, typer.Option(help="comma-separated subset of off,always,reactive,predictive")]
+    = "off,always,reactive,predictive",
+    json_out: JsonFlag = False,
+) -> None:
+    """Run the same workload under each mirroring policy on a real namespace lab; print and save a report."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from topomirror.demo.runner import COLUMNS_HELP, run_demo
+
+    _need_root("demo")
+    chosen = tuple(p.strip() for p in policies.split(",") if p.strip())
+    unknown = [p for p in chosen if p not in ("off", "always", "reactive", "predictive")]
+    if unknown:
+        fail(f"unknown policies {unknown}: choose from off, always, reactive, predictive")
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
+                  transient=True) as bar:
+        task = bar.add_task("demo", total=1.0)
+        result = run_demo(lab, quick=quick, out_dir=out_dir, policies=chosen,
+                          progress=lambda message, fraction: bar.update(task, description=message,
+                                                                         completed=fraction))
+    if json_out:
+        out.print_json(json.dumps(result))
+        return
+    from topomirror.demo.report import COLUMNS
+
+    table = Table("policy", *(title for _, title in COLUMNS),
+                  title=f"topomirror demo on lab {result['lab']} ({'quick' if quick else 'default'} run)")
+    for name, summary in [("uncongested", result["uncongested"]), *result["policies"].items()]:
+        table.add_row(name, *("-" if summary.get(key) is None else str(summary[key]) for key, _ in COLUMNS))
+    out.print(table)
+    out.print(COLUMNS_HELP)
+    for key, value in result["verdict"].items():
+        out.print(f"  {key}: {value}")
+    out.print(f"report: [bold]{result.get('report')}[/] (JSON: {out_dir / 'demo.json'})")
+
+
+@lab_app.command("demo")
+@_guard
+def lab_demo(
     lab: Annotated[Path | None, typer.Option(help="lab file (default: examples/labs/two-path.yaml)")] = None,
     seconds: Annotated[float, typer.Option(help="seconds per iperf3 run")] = 3.0,
     json_out: JsonFlag = False,
 ) -> None:
     """Deploy a lab, measure real traffic across it under shaping and loss, destroy it."""
-    from topomirror.demo import run_lab_demo
+    from topomirror.lab.demo import run_lab_demo
 
     _need_root("demo")
     with console.status("demo") as status:

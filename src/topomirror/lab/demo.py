@@ -1,4 +1,4 @@
-"""`topomirror demo`: deploy an example lab, push real traffic across it, report, destroy.
+"""`topomirror lab demo`: deploy an example lab, push real traffic across it, report, destroy.
 
 This is the lab-only demo (issue: foundation). It shows the ground everything else stands on:
 a shaped, lossy path and a clean one, measured with iperf3 and UDP probes.
@@ -14,7 +14,7 @@ from topomirror.lab.realize import deploy, destroy, set_link
 from topomirror.lab.spec import LabSpec, load_lab
 from topomirror.lab.traffic import iperf3_tcp, udp_probe
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "labs"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "labs"
 
 
 def run_lab_demo(lab_file: Path | None = None, *, seconds: float = 3.0,

@@ -270,6 +270,15 @@ class LabSpec(BaseModel):
                     )
         return self
 
+    def to_raw(self) -> dict[str, Any]:
+        """The spec as lab-file data (parse_lab of its YAML gives an equal spec)."""
+        raw = self.model_dump(mode="json", exclude_none=True)
+        for link, raw_link in zip(self.links, raw["links"], strict=True):
+            raw_link["endpoints"] = [str(e) for e in link.endpoints]
+            if link.queue is not None:
+                raw_link["queue"] = str(link.queue)
+        return raw
+
     # -- derived, side-effect free views -------------------------------------------------
     def link_name(self, index: int) -> str:
         link = self.links[index]
@@ -368,6 +377,9 @@ def parse_lab(text: str, source: str = "<lab>") -> LabSpec:
         raise LabFileError(f"{source}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(raw, dict):
         raise LabFileError(f"{source}: a lab file is a mapping with name, nodes and links")
+    # Top-level keys starting with "x-" are extension fields (as in compose files): a place for
+    # YAML anchors shared by several nodes. They are not part of the lab.
+    raw = {k: v for k, v in raw.items() if not (isinstance(k, str) and k.startswith("x-"))}
     try:
         return LabSpec.model_validate(raw)
     except ValidationError as exc:

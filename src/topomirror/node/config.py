@@ -120,6 +120,22 @@ class Timers(BaseModel):
     flow_idle_s: float = Field(default=30.0, gt=0)
 
 
+class Adaptive(BaseModel):
+    """The adaptive brain (`topomirror.node.controller`): which policy, and what it knows."""
+
+    model_config = ConfigDict(extra="forbid")
+    policy: Literal["static", "off", "always", "reactive", "predictive"] = "static"
+    inventory: Path | None = Field(default=None, description="underlay description: a lab file")
+    classes: list[dict[str, object]] = Field(
+        default_factory=list, description="flow class rules (topomirror.analysis.classify.ClassRule)")
+    probability_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    degraded_delay_us: float = Field(default=2000.0, gt=0)
+    horizon_ms: float = Field(default=100.0, gt=0)
+    duplication_share: float = Field(default=0.10, ge=0.0, lt=1.0,
+                                     description="copies at most this share of all bytes sent (copies included)")
+    session_rate_mbit: float = Field(default=50.0, gt=0)
+
+
 class NodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     node_id: int = Field(ge=1, le=65535)
@@ -132,6 +148,7 @@ class NodeConfig(BaseModel):
     targets: dict[str, Target] = Field(default_factory=dict)
     filters: list[Filter] = Field(default_factory=list)
     timers: Timers = Timers()
+    adaptive: Adaptive = Adaptive()
     state_dir: Path | None = Field(default=None, description="epoch counter and database")
 
     @model_validator(mode="after")
@@ -177,6 +194,8 @@ def load_config(path: str | Path) -> NodeConfig:
             msg = error["msg"].removeprefix("Value error, ")
             lines.append(f"{path}: {where}: {msg}")
         raise ConfigError("\n".join(lines)) from None
+    if config.adaptive.inventory is not None and not config.adaptive.inventory.is_absolute():
+        config.adaptive.inventory = path.parent / config.adaptive.inventory
     # Resolve relative key files against the config's folder.
     for peer in config.peers:
         if peer.key_file is not None and not peer.key_file.is_absolute():

@@ -17,7 +17,8 @@ import random
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from topomirror.dataplane.engine import (
@@ -32,6 +33,13 @@ from topomirror.dataplane.engine import (
 from topomirror.dataplane.packet import flow_bytes, flow_key
 from topomirror.dataplane.rules import DecisionHook, FlowDecision, static_hook
 from topomirror.node.config import NodeConfig, peer_key
+from topomirror.topology.budget import (
+    DuplicationBudget,
+    DuplicationBudgetConfig,
+    SessionBudget,
+    TokenBucket,
+    admit_copy,
+)
 from topomirror.wire.header import MessageType, tun_mtu
 from topomirror.wire.messages import Control, Feedback, Probe
 
@@ -41,6 +49,7 @@ BATCH = 64
 
 @dataclass(slots=True)
 class FlowEntry:
+    flow_id: int
     key: str
     peer: PeerLink | None
     decision: FlowDecision
@@ -49,6 +58,9 @@ class FlowEntry:
     last_seen: float
     packets: int = 0
     bytes: int = 0
+    session_id: int | None = None
+    bucket: TokenBucket | None = None  # the session's budget on the mirror copy
+    copies_denied: int = 0
 
 
 @dataclass
@@ -125,12 +137,28 @@ class Node:
             self.targets[name] = MirrorTarget(name, peer, route, installs)
         self.tx_errors: dict[str, int] = {}
         self._request_ids = 0
+        self._flow_ids = 0
+        self.flows_by_id: dict[int, FlowEntry] = {}
+        self.analysis_queue: deque[tuple[int, bytes]] = deque()
+        self.analysis_dropped = 0
+        self.controller = None
+        self.store = None
+        self.budget = DuplicationBudget(DuplicationBudgetConfig(share=config.adaptive.duplication_share))
+        self.bytes_original = 0
+        self.bytes_extra = 0
+        if config.adaptive.policy != "static":
+            self.controller = build_controller(config)
+        if config.state_dir is not None:
+            from topomirror.store.db import Store
+
+            self.store = Store(config.state_dir / "node.db")
         self.tun_fd: int | None = None
         self.sock: socket.socket | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._monotonic = time.monotonic
         self.probes_sent = 0
+        self.timer_errors = 0
 
     # -- clocks --------------------------------------------------------------------------
     def _now(self) -> tuple[float, int]:
@@ -158,8 +186,14 @@ class Node:
             else:
                 decision = FlowDecision(None, f"{decision.reason}, but target {decision.target!r} does not lead "
                                         f"to {peer.name}", decision.rule)
-        entry = FlowEntry(str(key), peer, decision, mirror, now, now)
+        self._flow_ids += 1
+        if self.controller is not None and peer is not None:
+            decision = FlowDecision(None, f"policy {self.config.adaptive.policy}: the controller decides")
+            mirror = None
+            self.controller.new_flow(self._flow_ids, key, peer.name, now)
+        entry = FlowEntry(self._flow_ids, str(key), peer, decision, mirror, now, now)
         self.flows[raw] = entry
+        self.flows_by_id[entry.flow_id] = entry
         log.info("new flow %s: %s", key, decision.reason)
         return entry
 
@@ -190,10 +224,24 @@ class Node:
             if peer is None:
                 engine.drops["no_route"] += 1
                 continue
+            if flow.packets <= 4 and self.controller is not None:
+                # First packets go to analysis off the packet path: bounded, drop-and-count.
+                if len(self.analysis_queue) < 1024:
+                    self.analysis_queue.append((flow.flow_id, packet))
+                else:
+                    self.analysis_dropped += 1
             assert peer.standard is not None
             routes = [peer.standard]
-            if flow.mirror is not None and flow.mirror.active:
-                routes.append(flow.mirror)
+            self.bytes_original += len(packet)
+            mirror = flow.mirror
+            if mirror is not None and mirror.active:
+                if flow.bucket is None or admit_copy(flow.bucket, self.budget, len(packet), now):
+                    routes.append(mirror)
+                    self.bytes_extra += len(packet)
+                else:
+                    flow.copies_denied += 1
+            if self.controller is not None:
+                self.budget.record_original(len(packet))
             for datagram, address in engine.encapsulate(peer, routes, packet, now, now_us):
                 self._send(sendto, datagram, address)
 
@@ -231,6 +279,11 @@ class Node:
             elif kind == FEEDBACK:
                 assert isinstance(extra, PeerLink) and isinstance(value, Feedback)
                 extra.history.add(now, value)
+                if self.controller is not None:
+                    self.controller.feedback(extra.name, value.paths, now)
+                if self.store is not None:
+                    for report in value.paths:
+                        self.store.telemetry(extra.name, report.path_id, asdict(report))
             elif kind == CONTROL:
                 assert isinstance(extra, PeerLink) and isinstance(value, Control)
                 self._on_control(extra, value, now, now_us)
@@ -244,7 +297,18 @@ class Node:
         elif message.op == "vc_remove":
             self.engine.remove_vc(peer.id, message.channel)
             reply = Control("ack", message.request_id, message.channel)
+        elif message.op == "announce":
+            if self.controller is not None:
+                import json as _json
+
+                data = _json.loads(message.detail)
+                hops = tuple(tuple(h) for h in data["hops"])
+                self.controller.announcement(peer.name, hops, int(data["bytes"]), message.lease_ms, now)  # type: ignore[arg-type]
+            return
         elif message.op == "ack":
+            if self.controller is not None and message.channel >= 100:
+                self.controller.ack(peer.name, message.channel, now)
+                return
             for target in self.targets.values():
                 for install in target.installs:
                     if install.relay is peer and install.request_id == message.request_id:
@@ -311,18 +375,130 @@ class Node:
                                                                   [route], now, now_us):
                         self._send(self.sock.sendto, datagram, address)
 
+    def _analysis_tick(self) -> None:
+        """Metadata of first packets, off the packet path."""
+        from topomirror.analysis.metadata import extract_packet
+
+        assert self.controller is not None
+        now, now_us = self._now()
+        for _ in range(len(self.analysis_queue)):
+            flow_id, packet = self.analysis_queue.popleft()
+            metadata = extract_packet(packet)
+            if metadata is None or (metadata.app_protocol is None and metadata.announced_bytes is None):
+                continue
+            for announce in self.controller.flow_metadata(flow_id, metadata, now):
+                self._send_announce(announce, now, now_us)
+
+    def _send_announce(self, announce, now: float, now_us: int) -> None:  # type: ignore[no-untyped-def]
+        import json as _json
+
+        detail = _json.dumps({"hops": announce.hops, "bytes": announce.bytes})
+        for name in announce.peers:
+            peer = self.engine.peers_by_name.get(name)
+            if peer is None or peer.standard is None:
+                continue
+            message = Control("announce", 0, 0, lease_ms=announce.duration_ms, detail=detail)
+            for datagram, address in self.engine.message(peer, MessageType.CONTROL, message,
+                                                          self.engine.routes_to(peer), now, now_us):
+                self._send(self.sock.sendto, datagram, address)  # type: ignore[union-attr]
+
+    def _controller_tick(self) -> None:
+        from topomirror.topology.session import InstallVC, RemoveVC, RenewVC, StartDuplication, StopDuplication
+
+        controller = self.controller
+        assert controller is not None and self.sock is not None
+        now, now_us = self._now()
+        for flow_id, info in list(controller.flows.items()):
+            entry = self.flows_by_id.get(flow_id)
+            if entry is not None:
+                info.last_seen = entry.last_seen
+        for action in controller.tick(now):
+            if isinstance(action, InstallVC | RenewVC):
+                relay = self.engine.peers_by_name.get(action.relay)
+                next_name = getattr(action, "next_hop", None)
+                if relay is None:
+                    continue
+                if next_name is None:
+                    plan = controller.plan_of(action.session_id)
+                    next_name = plan.next_hop(action.relay) if plan is not None else None
+                hop = self.engine.peers_by_name.get(next_name) if next_name else None
+                if hop is None:
+                    continue
+                self._request_ids += 1
+                request = Control("vc_install", self._request_ids, action.channel_id,
+                                  f"{hop.address[0]}:{hop.address[1]}", action.lease_ms)
+                self._send_control(relay, request, now, now_us)
+            elif isinstance(action, RemoveVC):
+                relay = self.engine.peers_by_name.get(action.relay)
+                if relay is not None:
+                    self._request_ids += 1
+                    self._send_control(relay, Control("vc_remove", self._request_ids, action.channel_id),
+                                       now, now_us)
+            elif isinstance(action, StartDuplication):
+                self._start_duplication(action, now)
+            elif isinstance(action, StopDuplication):
+                flow_id = controller.flow_of_session(action.session_id)
+                for entry in self.flows_by_id.values():
+                    if entry.session_id == action.session_id or entry.flow_id == flow_id:
+                        entry.mirror, entry.bucket, entry.session_id = None, None, None
+        for decision in controller.take_decisions():
+            log.info("%s %s: %s", decision.subject, decision.kind, decision.reason)
+            if self.store is not None:
+                self.store.decision(decision.subject, decision.kind, decision.reason, **decision.detail)
+            if decision.kind == "session_state" and self.store is not None:
+                sid = int(decision.subject.split(":", 1)[1])
+                self.store.session(sid, str(decision.detail.get("flow")), str(decision.detail.get("peer")),
+                                   decision.reason.split("-> ")[-1].split(":")[0].strip(),
+                                   relays=decision.detail.get("relays"))
+
+    def _send_control(self, relay: PeerLink, request: Control, now: float, now_us: int) -> None:
+        assert relay.standard is not None
+        for datagram, address in self.engine.message(relay, MessageType.CONTROL, request, [relay.standard],
+                                                      now, now_us):
+            self._send(self.sock.sendto, datagram, address)  # type: ignore[union-attr]
+
+    def _start_duplication(self, action, now: float) -> None:  # type: ignore[no-untyped-def]
+        from topomirror.node.controller import Controller
+
+        controller = self.controller
+        assert controller is not None
+        flow_id = controller.flow_of_session(action.session_id)
+        entry = self.flows_by_id.get(flow_id) if flow_id is not None else None
+        first = self.engine.peers_by_name.get(action.first_hop)
+        plan = controller.plan_of(action.session_id)
+        if entry is None or first is None or plan is None:
+            return
+        relays = tuple(plan.overlay_nodes)
+        entry.mirror = PathRoute(Controller.path_id_for(relays), action.channel_id, first.address, relays, True)
+        entry.session_id = action.session_id
+        if self.config.adaptive.policy == "always":
+            entry.bucket = None  # engarde-style: every packet, no budget
+        else:
+            entry.bucket = TokenBucket(SessionBudget(action.rate_bytes_per_s * 8, action.burst_bytes), now)
+
+    def _store_tick(self) -> None:
+        if self.store is not None:
+            self.store.flush()
+
     def _expire_flows(self) -> None:
         now, _ = self._now()
         idle = self.config.timers.flow_idle_s
         for raw in [k for k, f in self.flows.items() if now - f.last_seen > idle]:
-            del self.flows[raw]
+            entry = self.flows.pop(raw)
+            self.flows_by_id.pop(entry.flow_id, None)
 
     async def _every(self, seconds: float, func) -> None:  # type: ignore[no-untyped-def]
+        reported: set[str] = set()
         while not self._stop.is_set():
             try:
                 func()
-            except Exception:  # a timer must never take the node down
-                log.exception("timer %s failed", getattr(func, "__name__", func))
+            except Exception as exc:  # a timer must never take the node down; log each new error once
+                self.timer_errors += 1
+                signature = f"{type(exc).__name__}: {exc}"
+                if signature not in reported and len(reported) < 20:
+                    reported.add(signature)
+                    log.exception("timer %s failed (further identical errors are only counted)",
+                                  getattr(func, "__name__", func))
             await asyncio.sleep(seconds)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -364,7 +540,11 @@ class Node:
             asyncio.create_task(self._every(timers.feedback_ms / 1000, self._feedback_tick)),
             asyncio.create_task(self._every(timers.probe_ms / 2000, self._probe_tick)),
             asyncio.create_task(self._every(1.0, self._expire_flows)),
+            asyncio.create_task(self._every(0.2, self._store_tick)),
         ]
+        if self.controller is not None:
+            tasks.append(asyncio.create_task(self._every(0.01, self._analysis_tick)))
+            tasks.append(asyncio.create_task(self._every(0.02, self._controller_tick)))
         log.info("node %s (id %d, epoch %d) running: udp %s:%d, tun %s mtu %d, %d peers, %d targets",
                  self.config.name, self.config.node_id, self.epoch, self.config.listen.address,
                  self.config.listen.port, self.config.overlay.tun if self.config.overlay else "-",
@@ -376,6 +556,8 @@ class Node:
         for task in tasks:
             task.cancel()
         await runner.cleanup()
+        if self.store is not None:
+            self.store.close()
         self.loop.remove_reader(self.sock.fileno())
         if self.tun_fd is not None:
             self.loop.remove_reader(self.tun_fd)
@@ -391,15 +573,31 @@ class Node:
             "counters": dict(self.engine.counters), "drops": dict(self.engine.drops),
             "tx_errors": dict(self.tx_errors), "flows": len(self.flows),
             "relay_vcs": len(self.engine.vcs), "probes_sent": self.probes_sent,
+            "policy": self.config.adaptive.policy, "analysis_dropped": self.analysis_dropped,
+            "timer_errors": self.timer_errors,
+            "sessions_opened": self.controller.sessions_opened if self.controller else 0,
+            "lead_times_ms": [round(x, 1) for x in self.controller.lead_times_ms] if self.controller else [],
+            "bytes_original": self.bytes_original, "bytes_extra": self.bytes_extra,
         }
+
+    def explain(self, subject: str) -> list[dict[str, object]]:
+        if self.store is None:
+            return []
+        self.store.flush()
+        return self.store.explain(subject)
 
     def flows_view(self) -> list[dict[str, object]]:
         now = self._monotonic()
+        classes = {}
+        if self.controller is not None:
+            classes = {fid: (i.traffic_class, i.class_reason) for fid, i in self.controller.flows.items()}
         return [
             {"flow": f.key, "peer": f.peer.name if f.peer else None, "mirror": f.decision.target,
              "mirror_active": bool(f.mirror and f.mirror.active), "reason": f.decision.reason,
              "rule": f.decision.rule, "packets": f.packets, "bytes": f.bytes,
-             "age_s": round(now - f.first_seen, 3), "idle_s": round(now - f.last_seen, 3)}
+             "age_s": round(now - f.first_seen, 3), "idle_s": round(now - f.last_seen, 3),
+             "session": f.session_id, "class": classes.get(f.flow_id, (None, None))[0],
+             "class_reason": classes.get(f.flow_id, (None, None))[1], "copies_denied": f.copies_denied}
             for f in self.flows.values()
         ]
 
@@ -428,7 +626,24 @@ class Node:
 
     def sessions_view(self) -> dict[str, object]:
         now = self._monotonic()
+        sessions = []
+        if self.controller is not None:
+            for sid, session in self.controller.sessions.items():
+                plan = session.plan
+                sessions.append({
+                    "session_id": sid, "flow": session.request.flow_key, "peer": session.request.dst,
+                    "class": session.request.traffic_class, "state": str(session.state),
+                    "since_s": round(now - session.state_since, 3), "reason": session.request.reason,
+                    "relays": list(plan.overlay_nodes) if plan else [],
+                    "lease_left_s": round(session.lease.remaining_s(now), 2),
+                })
         return {
+            "policy": self.config.adaptive.policy,
+            "mirror_sessions": sessions,
+            "duplication": {"bytes_original": self.bytes_original, "bytes_extra": self.bytes_extra,
+                            "extra_share": round(self.bytes_extra / self.bytes_original, 4)
+                            if self.bytes_original else 0.0,
+                            "budget_share": self.config.adaptive.duplication_share},
             "mirror_targets": [
                 {"target": t.name, "peer": t.peer.name, "state": t.state, "path_id": t.route.path_id,
                  "channel": t.route.channel, "relays": list(t.route.relays),
@@ -443,6 +658,25 @@ class Node:
                 for (s, c), v in self.engine.vcs.items()
             ],
         }
+
+
+def build_controller(config: NodeConfig):  # type: ignore[no-untyped-def]
+    """The controller for the configured policy, with the underlay graph from the inventory."""
+    from topomirror.analysis.classify import Classifier, ClassifierConfig
+    from topomirror.lab.spec import load_lab
+    from topomirror.node.controller import Controller, ControllerSettings, Policy
+    from topomirror.topology.graph import NetworkGraph
+
+    adaptive = config.adaptive
+    graph = None
+    if adaptive.inventory is not None:
+        graph = NetworkGraph.from_lab_spec(load_lab(adaptive.inventory))
+    settings = ControllerSettings(
+        policy=Policy(adaptive.policy), probability_threshold=adaptive.probability_threshold,
+        degraded_delay_us=adaptive.degraded_delay_us, horizon_ms=adaptive.horizon_ms,
+        session_rate_bps=adaptive.session_rate_mbit * 1e6)
+    classifier = Classifier(ClassifierConfig.model_validate({"rules": adaptive.classes}))
+    return Controller(config.name, settings, graph, classifier)
 
 
 def run_node(config: NodeConfig, ready_file: Path | None = None) -> None:

@@ -50,6 +50,7 @@ class LabNodeSettings(BaseModel):
     targets: dict[str, Any] = Field(default_factory=dict)
     filters: list[dict[str, Any]] = Field(default_factory=list)
     timers: dict[str, Any] = Field(default_factory=dict)
+    adaptive: dict[str, Any] = Field(default_factory=dict)
 
 
 def node_dir(registry: LabRegistry, node: str) -> Path:
@@ -79,6 +80,8 @@ def generate_configs(plan: LabPlan, registry: LabRegistry) -> dict[str, Path]:
     settings = lab_node_settings(plan)
     names = list(settings)
     ids = {name: index for index, name in enumerate(names, start=1)}
+    inventory = registry.folder / "lab.yaml"
+    inventory.write_text(yaml.safe_dump(plan.spec.to_raw(), sort_keys=False))
     keys_dir = registry.folder / "keys"
     keys_dir.mkdir(parents=True, exist_ok=True)
     key_files: dict[frozenset[str], Path] = {}
@@ -111,6 +114,8 @@ def generate_configs(plan: LabPlan, registry: LabRegistry) -> dict[str, Path]:
             "peers": peers, "targets": mine.targets, "filters": mine.filters,
             "timers": mine.timers, "state_dir": str(folder),
         }
+        if mine.adaptive:
+            config["adaptive"] = {"inventory": str(inventory), **mine.adaptive}
         if mine.overlay is not None:
             config["overlay"] = {"address": str(mine.overlay), "tun": "tmtun0"}
         path = folder / "config.yaml"
