@@ -4,8 +4,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEB_PACKAGES := iperf3 nftables iproute2 iputils-ping graphviz procps curl tshark
-DEB_COMMANDS := iperf3 nft ip ping dot sysctl curl tshark
+DEB_PACKAGES := iperf3 nftables iproute2 iputils-ping graphviz procps curl tshark chromium
+DEB_COMMANDS := iperf3 nft ip ping dot sysctl curl tshark chromium
 STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint clean

@@ -254,6 +254,31 @@ def lab_link(
     out.print(f"link {link} is {state}")
 
 
+@lab_app.command("node")
+@_guard
+def lab_node(
+    file: LabFile,
+    node: Annotated[str, typer.Argument(help="lab node running a topomirror daemon")],
+    action: Annotated[str, typer.Argument(help="stop or restart")],
+) -> None:
+    """Stop or restart one node daemon of a running lab (fault injection; the state folder is kept)."""
+    from topomirror.lab.plan import compile_lab
+    from topomirror.lab.realize import require_registry
+    from topomirror.node.launch import restart_lab_node, stop_lab_node
+
+    if action not in ("stop", "restart"):
+        fail(f"action must be 'stop' or 'restart', not {action!r}")
+    spec = _load(file)
+    _need_root("lab node")
+    registry = require_registry(spec, str(file))
+    if action == "stop":
+        count = stop_lab_node(registry, node)
+        out.print(f"stopped {count} daemon(s) on {node}")
+    else:
+        restart_lab_node(compile_lab(spec), registry, node)
+        out.print(f"restarted the daemon on {node}")
+
+
 @lab_app.command("graph")
 @_guard
 def lab_graph(

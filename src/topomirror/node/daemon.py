@@ -146,12 +146,19 @@ class Node:
         self.budget = DuplicationBudget(DuplicationBudgetConfig(share=config.adaptive.duplication_share))
         self.bytes_original = 0
         self.bytes_extra = 0
+        self.relay_waiting: dict[str, float] = {}  # relay -> first unacknowledged request
+        self.relays_down: set[str] = set()
         if config.adaptive.policy != "static":
             self.controller = build_controller(config)
         if config.state_dir is not None:
             from topomirror.store.db import Store
 
             self.store = Store(config.state_dir / "node.db")
+            if self.controller is not None:
+                snapshot = self.store.get("controller")
+                if snapshot:
+                    resumed = self.controller.restore(snapshot)
+                    log.info("restored the model and %d protected flows from %s", resumed, self.store.path)
         self.tun_fd: int | None = None
         self.sock: socket.socket | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -306,6 +313,7 @@ class Node:
                 self.controller.announcement(peer.name, hops, int(data["bytes"]), message.lease_ms, now)  # type: ignore[arg-type]
             return
         elif message.op == "ack":
+            self._relay_alive(peer, now)
             if self.controller is not None and message.channel >= 100:
                 self.controller.ack(peer.name, message.channel, now)
                 return
@@ -412,6 +420,7 @@ class Node:
             entry = self.flows_by_id.get(flow_id)
             if entry is not None:
                 info.last_seen = entry.last_seen
+        self._check_relays(now)
         for action in controller.tick(now):
             if isinstance(action, InstallVC | RenewVC):
                 relay = self.engine.peers_by_name.get(action.relay)
@@ -451,8 +460,32 @@ class Node:
                                    decision.reason.split("-> ")[-1].split(":")[0].strip(),
                                    relays=decision.detail.get("relays"))
 
+    def _relay_alive(self, relay: PeerLink, now: float) -> None:
+        self.relay_waiting.pop(relay.name, None)
+        if relay.name in self.relays_down and self.controller is not None and self.controller.graph is not None:
+            self.relays_down.discard(relay.name)
+            log.info("relay %s answers again", relay.name)
+            self.controller.graph.set_node_up(relay.name, True)
+            self.controller.graph_changed(now)
+
+    def _check_relays(self, now: float) -> None:
+        """A relay that acknowledged nothing for a second while we waited is taken as dead."""
+        controller = self.controller
+        if controller is None or controller.graph is None:
+            return
+        for name, since in list(self.relay_waiting.items()):
+            if now - since > 1.0 and name not in self.relays_down:
+                self.relays_down.add(name)
+                log.warning("relay %s does not answer: re-planning the sessions through it", name)
+                controller.graph.set_node_up(name, False)
+                controller.graph_changed(now)
+                if self.store is not None:
+                    self.store.decision(f"relay:{name}", "relay_down", "no acknowledgement for 1 s")
+
     def _send_control(self, relay: PeerLink, request: Control, now: float, now_us: int) -> None:
         assert relay.standard is not None
+        if request.op in ("vc_install", "vc_remove"):
+            self.relay_waiting.setdefault(relay.name, now)
         for datagram, address in self.engine.message(relay, MessageType.CONTROL, request, [relay.standard],
                                                       now, now_us):
             self._send(self.sock.sendto, datagram, address)  # type: ignore[union-attr]
@@ -479,6 +512,10 @@ class Node:
     def _store_tick(self) -> None:
         if self.store is not None:
             self.store.flush()
+
+    def _snapshot_tick(self) -> None:
+        if self.store is not None and self.controller is not None:
+            self.store.put("controller", self.controller.snapshot())
 
     def _expire_flows(self) -> None:
         now, _ = self._now()
@@ -545,6 +582,7 @@ class Node:
         if self.controller is not None:
             tasks.append(asyncio.create_task(self._every(0.01, self._analysis_tick)))
             tasks.append(asyncio.create_task(self._every(0.02, self._controller_tick)))
+            tasks.append(asyncio.create_task(self._every(1.0, self._snapshot_tick)))
         log.info("node %s (id %d, epoch %d) running: udp %s:%d, tun %s mtu %d, %d peers, %d targets",
                  self.config.name, self.config.node_id, self.epoch, self.config.listen.address,
                  self.config.listen.port, self.config.overlay.tun if self.config.overlay else "-",
@@ -557,6 +595,7 @@ class Node:
             task.cancel()
         await runner.cleanup()
         if self.store is not None:
+            self._snapshot_tick()
             self.store.close()
         self.loop.remove_reader(self.sock.fileno())
         if self.tun_fd is not None:

@@ -135,6 +135,31 @@ def start_lab_nodes(plan: LabPlan, registry: LabRegistry, progress: Progress = l
     for path in configs.values():
         load_config(path)  # fail here, with the config's own message, not in a daemon log
     progress(f"starting {len(configs)} node daemons")
+    return _start(plan, registry, configs, timeout)
+
+
+def stop_lab_node(registry: LabRegistry, name: str) -> int:
+    """Stop one lab node daemon by its recorded PID (SIGTERM, then SIGKILL); returns how many stopped."""
+    from topomirror.lab.realize import stop_process
+
+    stopped = 0
+    for record in [p for p in registry.processes if p.role == f"node:{name}"]:
+        stopped += stop_process(record)
+        registry.processes.remove(record)
+    registry.save()
+    return stopped
+
+
+def restart_lab_node(plan: LabPlan, registry: LabRegistry, name: str, timeout: float = 20.0) -> None:
+    """Stop a lab node daemon and start it again with the same config and state folder."""
+    config = node_dir(registry, name) / "config.yaml"
+    if not config.exists():
+        raise LaunchError(f"node {name!r} runs no topomirror daemon in lab {plan.spec.name!r}")
+    stop_lab_node(registry, name)
+    _start(plan, registry, {name: config}, timeout)
+
+
+def _start(plan: LabPlan, registry: LabRegistry, configs: dict[str, Path], timeout: float) -> list[str]:
     started: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
     for name, path in configs.items():
         folder = path.parent

@@ -1,0 +1,193 @@
+"""Per-path features for the congestion predictor, computed from a stream of telemetry samples.
+
+Pure: the extractor keeps a little state per path (EWMAs, last sample) and takes time from the
+samples themselves, never from a clock. The same code runs on synthetic traces, on recorded lab
+telemetry and in the node (fed from FEEDBACK reports).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# Features that come from application metadata (announced bulk transfers). Dropping them is the
+# ablation that shows how much of the prediction is "application-aware" rather than reactive.
+METADATA_FEATURES: tuple[str, ...] = (
+    "announced_pending_log",
+    "announced_pending_load",
+    "announced_active_log",
+    "announced_active_load",
+    "announced_pending_quiet",
+)
+
+NETWORK_FEATURES: tuple[str, ...] = (
+    "delay_log",
+    "congested_now",
+    "delay_ewma_fast",
+    "delay_ewma_slow",
+    "delay_trend",
+    "delay_gradient",
+    "jitter",
+    "loss_ewma",
+    "utilisation",
+    "utilisation_ewma",
+    "utilisation_gradient",
+    "since_congested_log",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PathTelemetry:
+    """One telemetry sample of one path, as the feedback loop (or a simulator) reports it.
+
+    `queue_delay_ms` is the one-way delay above the path's observed minimum: two hosts' clocks
+    differ, so only the relative delay is meaningful (as in delay-based congestion control).
+    """
+
+    path_id: str
+    time_ms: float
+    queue_delay_ms: float
+    loss_rate: float = 0.0
+    # Fraction of the path capacity carried in the sample interval; None when capacity is unknown.
+    utilisation: float | None = None
+    capacity_bps: float | None = None
+    # Application metadata: bytes of announced bulk transfers (e.g. HTTP Content-Length) that are
+    # known to be about to start on this path, and bytes still to send of those already started.
+    announced_pending_bytes: int = 0
+    announced_active_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureConfig:
+    horizon_ms: float = 100.0
+    # The congestion threshold of the label; the extractor uses it for `congested_now`.
+    threshold_ms: float = 2.0
+    # EWMA time constants (ms). Fast follows the current queue; slow is the recent "normal".
+    fast_tau_ms: float = 30.0
+    slow_tau_ms: float = 300.0
+    gradient_tau_ms: float = 30.0
+    loss_tau_ms: float = 100.0
+    include_metadata: bool = True
+
+
+def _decay(dt_ms: float, tau_ms: float) -> float:
+    """EWMA weight of the old value after dt: time-based so irregular sampling stays consistent."""
+    return math.exp(-dt_ms / tau_ms) if dt_ms > 0 else 1.0
+
+
+class PathFeatureExtractor:
+    """Turns the telemetry samples of one path into a feature dict (river-friendly)."""
+
+    def __init__(self, config: FeatureConfig | None = None) -> None:
+        self.config = config or FeatureConfig()
+        self._last_time_ms: float | None = None
+        self._last_delay_ms = 0.0
+        self._last_utilisation = 0.0
+        self._delay_fast = 0.0
+        self._delay_slow = 0.0
+        self._delay_gradient = 0.0  # ms of queueing delay per 10 ms
+        self._jitter = 0.0
+        self._loss = 0.0
+        self._utilisation_ewma = 0.0
+        self._utilisation_gradient = 0.0
+        self._last_congested_ms: float | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return NETWORK_FEATURES + (METADATA_FEATURES if self.config.include_metadata else ())
+
+    def update(self, sample: PathTelemetry) -> dict[str, float]:
+        cfg = self.config
+        delay = max(0.0, sample.queue_delay_ms)
+        utilisation = sample.utilisation if sample.utilisation is not None else 0.0
+        if self._last_time_ms is None:
+            self._delay_fast = self._delay_slow = delay
+            self._utilisation_ewma = utilisation
+            dt = 0.0
+        else:
+            dt = sample.time_ms - self._last_time_ms
+            if dt < 0:
+                raise ValueError(
+                    f"telemetry for path {sample.path_id} went back in time: "
+                    f"{sample.time_ms} ms after {self._last_time_ms} ms"
+                )
+            fast = _decay(dt, cfg.fast_tau_ms)
+            slow = _decay(dt, cfg.slow_tau_ms)
+            grad = _decay(dt, cfg.gradient_tau_ms)
+            self._delay_fast = fast * self._delay_fast + (1 - fast) * delay
+            self._delay_slow = slow * self._delay_slow + (1 - slow) * delay
+            if dt > 0:
+                # Slopes per 10 ms so the numbers read like "ms of queue added per sample".
+                slope = (delay - self._last_delay_ms) * 10.0 / dt
+                self._delay_gradient = grad * self._delay_gradient + (1 - grad) * slope
+                self._jitter = fast * self._jitter + (1 - fast) * abs(delay - self._last_delay_ms)
+                util_slope = (utilisation - self._last_utilisation) * 10.0 / dt
+                self._utilisation_gradient = grad * self._utilisation_gradient + (1 - grad) * util_slope
+            self._utilisation_ewma = fast * self._utilisation_ewma + (1 - fast) * utilisation
+        loss_keep = _decay(dt, cfg.loss_tau_ms) if self._last_time_ms is not None else 0.0
+        self._loss = loss_keep * self._loss + (1 - loss_keep) * sample.loss_rate
+        congested = delay > cfg.threshold_ms
+        if congested:
+            self._last_congested_ms = sample.time_ms
+        self._last_time_ms = sample.time_ms
+        self._last_delay_ms = delay
+        self._last_utilisation = utilisation
+
+        # "Recently congested" predicts re-congestion (TCP sawtooth, bursts); capped at 10 s.
+        since = 10_000.0 if self._last_congested_ms is None else min(10_000.0, sample.time_ms - self._last_congested_ms)
+        features = {
+            "delay_log": math.log1p(delay),
+            "congested_now": 1.0 if congested else 0.0,
+            "delay_ewma_fast": self._delay_fast,
+            "delay_ewma_slow": self._delay_slow,
+            "delay_trend": self._delay_fast - self._delay_slow,
+            "delay_gradient": self._delay_gradient,
+            "jitter": self._jitter,
+            "loss_ewma": self._loss,
+            "utilisation": utilisation,
+            "utilisation_ewma": self._utilisation_ewma,
+            "utilisation_gradient": self._utilisation_gradient,
+            "since_congested_log": math.log1p(since),
+        }
+        if cfg.include_metadata:
+            features.update(self._metadata_features(sample))
+        return features
+
+    def _metadata_features(self, sample: PathTelemetry) -> dict[str, float]:
+        pending = float(max(0, sample.announced_pending_bytes))
+        active = float(max(0, sample.announced_active_bytes))
+        if sample.capacity_bps:
+            # Load the announced bytes put on the path within the horizon: 1.0 fills it alone.
+            budget_bytes = sample.capacity_bps / 8.0 * self.config.horizon_ms / 1000.0
+            pending_load = min(pending / budget_bytes, 10.0)
+            active_load = min(active / budget_bytes, 10.0)
+        else:
+            pending_load = active_load = 0.0
+        return {
+            "announced_pending_log": math.log1p(pending / 1e5),
+            "announced_pending_load": pending_load,
+            "announced_active_log": math.log1p(active / 1e5),
+            "announced_active_load": active_load,
+            # A linear model cannot form "bulk coming AND path quiet now" by itself; that is the
+            # case where metadata adds lead time, so give it the product.
+            "announced_pending_quiet": math.log1p(pending / 1e5) * (0.0 if sample.queue_delay_ms
+                                                                     > self.config.threshold_ms else 1.0),
+        }
+
+
+class FeatureExtractor:
+    """One PathFeatureExtractor per path id, created on first sight."""
+
+    def __init__(self, config: FeatureConfig | None = None) -> None:
+        self.config = config or FeatureConfig()
+        self._paths: dict[str, PathFeatureExtractor] = {}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return PathFeatureExtractor(self.config).names
+
+    def update(self, sample: PathTelemetry) -> dict[str, float]:
+        path = self._paths.get(sample.path_id)
+        if path is None:
+            path = self._paths[sample.path_id] = PathFeatureExtractor(self.config)
+        return path.update(sample)

@@ -1,0 +1,275 @@
+"""`topomirror demo`: the same workload under each mirroring policy, side by side in one run.
+
+For each policy the diamond lab is deployed with every node daemon set to that policy, then:
+- RPCs from h1 to h3 (our load generator, every request's completion time recorded);
+- background flows with WebSearch-distributed sizes from h4's HTTP server to h2 (curl);
+- bulk HTTP transfers h4 -> h2 whose responses announce their size (Content-Length), scheduled to
+  congest the shared core link (these are the congestion events);
+- in the default run, one core link failure of half a second.
+An uncongested run (the RPCs alone: no background, no bulk, no failure) gives the reference p99.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from topomirror.api.client import fetch
+from topomirror.lab.plan import LabPlan, compile_lab
+from topomirror.lab.realize import deploy, destroy, set_link_state
+from topomirror.lab.registry import LabRegistry
+from topomirror.lab.spec import LabSpec, load_lab
+from topomirror.lab.traffic import in_node
+from topomirror.node.launch import api_socket, node_dir
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "labs"
+POLICIES = ("off", "always", "reactive", "predictive")
+HOSTS = ("h1", "h2", "h3", "h4")
+RPC_PORT, BULK_PORT = 7000, 8080
+Progress = Callable[[str, float], None]
+COLUMNS_HELP = (
+    "How to read it: lower RPC latency is better; 'uncongested' is the same RPC load with no bulk transfer.\n"
+    "extra bytes = duplicate copies as a share of all bytes the nodes sent; lead time = how long before the\n"
+    "standard path degraded a mirror session was already open (predictive only)."
+)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    seconds: float
+    rpc_rate: float
+    bulk_at: tuple[float, ...]
+    bulk_bytes: int
+    failure_at: float | None
+    failure_s: float
+    background_per_s: float
+    seed: int = 1
+
+
+def schedule(quick: bool, seed: int = 1) -> Schedule:
+    if quick:
+        return Schedule(seconds=10.0, rpc_rate=200, bulk_at=(3.0,), bulk_bytes=12_000_000, failure_at=None,
+                        failure_s=0.0, background_per_s=2.0, seed=seed)
+    return Schedule(seconds=30.0, rpc_rate=200, bulk_at=(5.0, 14.0), bulk_bytes=12_000_000, failure_at=24.0,
+                    failure_s=0.5, background_per_s=2.0, seed=seed)
+
+
+@dataclass
+class PolicyRun:
+    policy: str
+    rpc: dict[str, Any] = field(default_factory=dict)
+    bulk: list[dict[str, float]] = field(default_factory=list)
+    background: list[dict[str, float]] = field(default_factory=list)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    paths: dict[str, Any] = field(default_factory=dict)
+    sessions: list[dict[str, Any]] = field(default_factory=list)
+    started_monotonic: float = 0.0
+    started_wall: float = 0.0
+
+
+def policy_spec(base: LabSpec, policy: str, name: str) -> LabSpec:
+    nodes = {}
+    for node_name, node in base.nodes.items():
+        block = dict(node.topomirror) if node.topomirror is not None else None
+        if block is not None and "overlay" in block:
+            adaptive = dict(block.get("adaptive") or {})
+            adaptive["policy"] = policy
+            block["adaptive"] = adaptive
+        nodes[node_name] = node.model_copy(update={"topomirror": block})
+    return base.model_copy(update={"name": name, "nodes": nodes})
+
+
+def _overlay(plan: LabPlan, node: str) -> str:
+    block = plan.spec.nodes[node].topomirror or {}
+    return str(block["overlay"]).split("/")[0]
+
+
+def _curl(plan: LabPlan, client: str, url: str, results: list[dict[str, float]], start: float,
+          timeout: float) -> None:
+    began = time.monotonic() - start
+    res = subprocess.run(["ip", "netns", "exec", plan.namespace(client), "curl", "-s", "-o", "/dev/null",
+                          "--max-time", str(timeout), "-w", "%{size_download} %{time_total}", url],
+                         capture_output=True, text=True)
+    try:
+        size, total = res.stdout.split()
+        results.append({"start_s": round(began, 3), "bytes": int(float(size)), "seconds": float(total),
+                         "ok": res.returncode == 0})
+    except ValueError:
+        results.append({"start_s": round(began, 3), "bytes": 0, "seconds": 0.0, "ok": False})
+
+
+def run_policy(base: LabSpec, policy: str, plan_schedule: Schedule, *, congested: bool = True,
+               progress: Callable[[str], None] = lambda _: None) -> PolicyRun:
+    name = f"dm-{policy}"[:20] if congested else "dm-uncongested"
+    spec = policy_spec(base, policy, name)
+    plan = compile_lab(spec)
+    run = PolicyRun(policy if congested else "uncongested")
+    progress(f"{run.policy}: deploying the lab")
+    deploy(spec, "demo", force=True)
+    try:
+        registry = LabRegistry.load(spec.name)
+        assert registry is not None
+        h3, h4 = _overlay(plan, "h3"), _overlay(plan, "h4")
+        rng = np.random.default_rng(plan_schedule.seed)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(in_node(plan, "h3", [sys.executable, "-m", "topomirror.lab.rpc", "server",
+                                                     "--port", str(RPC_PORT)]))
+            stack.enter_context(in_node(plan, "h4", [sys.executable, "-m", "topomirror.lab.bulk", "--port",
+                                                     str(BULK_PORT)]))
+            time.sleep(1.0)
+            # Warm-up: a few seconds of light traffic so paths have a baseline and relays are known.
+            subprocess.run(["ip", "netns", "exec", plan.namespace("h1"), "ping", "-c", "5", "-i", "0.1", "-q", h3],
+                           capture_output=True)
+            progress(f"{run.policy}: workload ({plan_schedule.seconds:.0f} s)")
+            client = [sys.executable, "-m", "topomirror.lab.rpc", "client", "--host", h3, "--port", str(RPC_PORT),
+                      "--rate", str(plan_schedule.rpc_rate), "--seconds", str(plan_schedule.seconds),
+                      "--timeout", "3", "--timeline"]
+            run.started_monotonic = time.monotonic()
+            run.started_wall = time.time()
+            with in_node(plan, "h1", client) as rpc_proc:
+                threads: list[threading.Thread] = []
+                events: list[tuple[float, Callable[[], None]]] = []
+                from topomirror.analysis.synthetic import WEBSEARCH_CDF, FlowSizeDistribution
+
+                sizes = FlowSizeDistribution(WEBSEARCH_CDF)
+                t = 0.5
+                while congested and t < plan_schedule.seconds - 1:
+                    size = int(min(sizes.sample(rng)[0], 1_000_000))
+                    url = f"http://{h4}:{BULK_PORT}/bytes/{size}"
+                    events.append((t, lambda u=url: _curl(plan, "h2", u, run.background, run.started_monotonic, 20)))
+                    t += float(rng.exponential(1 / plan_schedule.background_per_s))
+                if congested:
+                    for at in plan_schedule.bulk_at:
+                        url = f"http://{h4}:{BULK_PORT}/bytes/{plan_schedule.bulk_bytes}"
+                        events.append((at, lambda u=url: _curl(plan, "h2", u, run.bulk, run.started_monotonic, 60)))
+                    if plan_schedule.failure_at is not None:
+                        def fail() -> None:
+                            set_link_state(spec, "demo", "core", up=False)
+                            time.sleep(plan_schedule.failure_s)
+                            set_link_state(spec, "demo", "core", up=True)
+                        events.append((plan_schedule.failure_at, fail))
+                for at, action in sorted(events, key=lambda e: e[0]):
+                    delay = run.started_monotonic + at - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    thread = threading.Thread(target=action, daemon=True)
+                    thread.start()
+                    threads.append(thread)
+                out, err = rpc_proc.communicate(timeout=plan_schedule.seconds + 30)
+                for thread in threads:
+                    thread.join(timeout=60)
+            try:
+                run.rpc = json.loads(out)
+            except json.JSONDecodeError:
+                raise RuntimeError(f"the RPC client failed under policy {policy}: {err.strip()[-500:]}") from None
+        progress(f"{run.policy}: collecting node statistics")
+        for host in HOSTS:
+            socket_path = api_socket(registry, host)
+            run.nodes[host] = fetch("/status", socket_path=socket_path)
+        run.paths = fetch("/paths", socket_path=api_socket(registry, "h3")).get("h1", {})
+        run.sessions = _session_log(node_dir(registry, "h3") / "node.db")
+    finally:
+        destroy(spec)
+    return run
+
+
+def _session_log(db: Path) -> list[dict[str, Any]]:
+    import sqlite3
+
+    if not db.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(str(db))) as conn:
+        rows = conn.execute("SELECT at, subject, kind, reason FROM decisions WHERE kind IN "
+                            "('mirror', 'session_state', 'announce', 'adapt') ORDER BY id").fetchall()
+    return [{"at": at, "subject": s, "kind": k, "reason": r} for at, s, k, r in rows]
+
+
+def summarize(run: PolicyRun) -> dict[str, Any]:
+    original = sum(n.get("bytes_original", 0) for n in run.nodes.values())
+    extra = sum(n.get("bytes_extra", 0) for n in run.nodes.values())
+    bulk_bits = sum(b["bytes"] * 8 for b in run.bulk if b["seconds"] > 0)
+    bulk_time = sum(b["seconds"] for b in run.bulk if b["seconds"] > 0)
+    leads = [lt for n in run.nodes.values() for lt in n.get("lead_times_ms", [])]
+    return {
+        "rpc_p50_ms": _round(run.rpc.get("p50_ms")),
+        "rpc_p99_ms": _round(run.rpc.get("p99_ms")),
+        "rpc_p999_ms": _round(run.rpc.get("p999_ms")),
+        "rpc_count": run.rpc.get("count", 0),
+        "rpc_errors": run.rpc.get("errors", 0),
+        "bulk_goodput_mbps": round(bulk_bits / bulk_time / 1e6, 2) if bulk_time else None,
+        "extra_bytes_pct": round(100 * extra / original, 2) if original else 0.0,
+        "sessions": sum(n.get("sessions_opened", 0) for n in run.nodes.values()),
+        "lead_time_ms": round(statistics.median(leads), 1) if leads else None,
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def run_demo(lab_file: Path | None = None, *, quick: bool = False, out_dir: Path | None = None,
+             policies: tuple[str, ...] = POLICIES, progress: Progress = lambda _m, _f: None) -> dict[str, Any]:
+    base = load_lab(lab_file or EXAMPLES / "diamond-mirror.yaml")
+    plan_schedule = schedule(quick)
+    steps = len(policies) + 1
+    runs: dict[str, PolicyRun] = {}
+    started = time.monotonic()
+
+    def step_progress(index: int) -> Callable[[str], None]:
+        return lambda message: progress(message, index / steps)
+
+    runs["uncongested"] = run_policy(base, "off", plan_schedule, congested=False, progress=step_progress(0))
+    for index, policy in enumerate(policies, start=1):
+        runs[policy] = run_policy(base, policy, plan_schedule, progress=step_progress(index))
+    progress("writing the report", 1.0)
+    result: dict[str, Any] = {
+        "lab": base.name,
+        "quick": quick,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "duration_s": round(time.monotonic() - started, 1),
+        "schedule": plan_schedule.__dict__,
+        "uncongested": summarize(runs["uncongested"]),
+        "policies": {policy: summarize(runs[policy]) for policy in policies},
+    }
+    result["verdict"] = verdict(result)
+    if out_dir is not None:
+        from topomirror.demo.report import write_report
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out_dir / "runs.json").write_text(json.dumps({k: v.__dict__ for k, v in runs.items()}, default=str))
+        result["report"] = str(write_report(result, runs, out_dir / "report.html"))
+    return result
+
+
+def verdict(result: dict[str, Any]) -> dict[str, Any]:
+    """The targets of the headline benchmark, checked on this run's numbers."""
+    p = result["policies"]
+    out: dict[str, Any] = {}
+    try:
+        off, always, predictive, reactive = p["off"], p["always"], p["predictive"], p["reactive"]
+    except KeyError:
+        return out
+    reduction_always = off["rpc_p99_ms"] - always["rpc_p99_ms"]
+    reduction_predictive = off["rpc_p99_ms"] - predictive["rpc_p99_ms"]
+    out["p99_reduction_share_of_always"] = (round(reduction_predictive / reduction_always, 3)
+                                            if reduction_always > 0 else None)
+    out["extra_bytes_share_of_always"] = (round(predictive["extra_bytes_pct"] / always["extra_bytes_pct"], 3)
+                                          if always["extra_bytes_pct"] else None)
+    base = result["uncongested"]["rpc_p99_ms"]
+    out["predictive_p99_over_uncongested"] = round(predictive["rpc_p99_ms"] / base, 3) if base else None
+    out["predictive_beats_reactive_p99"] = predictive["rpc_p99_ms"] < reactive["rpc_p99_ms"]
+    out["predictive_beats_off_p99"] = predictive["rpc_p99_ms"] < off["rpc_p99_ms"]
+    out["predictive_fewer_bytes_than_always"] = predictive["extra_bytes_pct"] < always["extra_bytes_pct"]
+    return out

@@ -1,0 +1,454 @@
+"""The node's brain: flows in, mirror sessions out. Pure: events and `now` in, actions out.
+
+Policies are configurations of this one controller (no separate code paths that could drift):
+
+- `static`: the numbered `Filter` rules of the config decide per flow (the data plane's default);
+- `off`: never mirror (what a plain overlay gives);
+- `always`: mirror every flow for as long as it lives (what engarde does);
+- `reactive`: mirror the protected flows once feedback shows their standard path degraded, with no
+  prediction and no metadata (what SD-WAN SLA-triggered duplication does);
+- `predictive`: mirror latency-sensitive flows (known from metadata and class rules) when the
+  predictor says their standard path congests within the horizon, using announced bulk transfers
+  from this and other nodes; degraded paths are mirrored too (prediction can miss).
+
+Sessions come from `topomirror.topology`: the planner picks relays whose paths avoid the standard
+path's links, the session installs virtual connections, duplicates, adapts and withdraws.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from topomirror.analysis.classify import Classifier
+from topomirror.analysis.features import PathTelemetry
+from topomirror.analysis.metadata import Metadata
+from topomirror.analysis.predict import CongestionPredictor, PathForecast, PredictorConfig
+from topomirror.dataplane.packet import FlowKey
+from topomirror.topology.budget import SessionBudget
+from topomirror.topology.graph import NetworkGraph
+from topomirror.topology.paths import MirrorPlan, NoPlan, plan_mirror, plan_reroute
+from topomirror.topology.request import MirrorRequest
+from topomirror.topology.session import (
+    Action,
+    ChannelAllocator,
+    MirrorSession,
+    SessionFeedback,
+    SessionPolicy,
+    SessionState,
+    Verdict,
+)
+from topomirror.wire.messages import PathReport
+
+
+class Policy(enum.StrEnum):
+    STATIC = "static"
+    OFF = "off"
+    ALWAYS = "always"
+    REACTIVE = "reactive"
+    PREDICTIVE = "predictive"
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    policy: Policy = Policy.PREDICTIVE
+    probability_threshold: float = 0.5
+    degraded_delay_us: float = 2000.0  # the congestion threshold: 2 ms of queueing
+    degraded_loss: float = 0.01
+    announce_min_bytes: int = 500_000  # a transfer this big is worth telling the neighbours about
+    announce_rate_bps: float = 100e6  # to turn announced bytes into an expected duration
+    flow_idle_s: float = 2.0  # withdraw a flow's session after this long without packets
+    session_rate_bps: float = 50e6  # token bucket on each session's mirror copy
+    session_burst_bytes: int = 256 * 1024
+    horizon_ms: float = 100.0
+    warmup_reports: int = 30  # the predictor's forecasts count once it has seen this many reports
+
+
+@dataclass
+class FlowInfo:
+    flow_id: int
+    key: FlowKey
+    peer: str
+    traffic_class: str = "unknown"
+    class_reason: str = "no metadata yet"
+    metadata: Metadata | None = None
+    last_seen: float = 0.0
+    session_id: int | None = None
+    rearm_after: float = 0.0  # no new session before this (no flapping across sessions)
+    restored_reason: str | None = None  # protected before a restart: protect again at once
+
+
+@dataclass(frozen=True)
+class Announce:
+    """Tell `peers` that `bytes` will cross `hops` (directed (link, from, to)) until `until`."""
+
+    peers: tuple[str, ...]
+    hops: tuple[tuple[str, str, str], ...]
+    bytes: int
+    duration_ms: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    subject: str
+    kind: str
+    reason: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PeerPath:
+    """What the controller knows about the standard path to one peer."""
+
+    peer: str
+    last_report: PathReport | None = None
+    last_report_at: float = 0.0
+    forecast: PathForecast | None = None
+    degraded_since: float | None = None
+    history: deque[tuple[float, float, float]] = field(default_factory=lambda: deque(maxlen=600))
+
+
+class Controller:
+    def __init__(self, me: str, settings: ControllerSettings, graph: NetworkGraph | None,
+                 classifier: Classifier | None = None, predictor: CongestionPredictor | None = None,
+                 session_policy: SessionPolicy | None = None) -> None:
+        self.me = me
+        self.settings = settings
+        self.graph = graph
+        self.classifier = classifier or Classifier()
+        self.predictor = predictor or CongestionPredictor(PredictorConfig(horizon_ms=settings.horizon_ms))
+        self.session_policy = session_policy or SessionPolicy()
+        self.channels = ChannelAllocator(first=100)  # 1..99 are left to static targets
+        self.flows: dict[int, FlowInfo] = {}
+        self.sessions: dict[int, MirrorSession] = {}
+        self.session_flow: dict[int, int] = {}
+        self.paths: dict[str, PeerPath] = {}
+        # (link, from, to) -> list of (until, bytes, source node)
+        self.announced: dict[tuple[str, str, str], list[tuple[float, int, str]]] = {}
+        self.decisions: list[Decision] = []
+        self._session_ids = itertools.count(1)
+        self.lead_times_ms: list[float] = []
+        self._pending_onset: dict[str, float] = {}  # peer -> time a session opened on a healthy path
+        self._queued: list[Action] = []
+        self.sessions_opened = 0
+        self.restored: dict[str, dict[str, Any]] = {}
+
+    # -- events ---------------------------------------------------------------------------
+    def _decide(self, subject: str, kind: str, reason: str, **detail: Any) -> None:
+        self.decisions.append(Decision(subject, kind, reason, detail))
+
+    # -- restart -----------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """What must survive a restart: the protected flows and the learned model."""
+        import base64
+        import pickle
+
+        live = []
+        for session in self.sessions.values():
+            if not session.state.terminal:
+                live.append({"flow": session.request.flow_key, "peer": session.request.dst,
+                             "class": session.request.traffic_class, "reason": session.request.reason})
+        return {"sessions": live, "sessions_opened": self.sessions_opened,
+                "predictor": base64.b64encode(pickle.dumps(self.predictor)).decode()}
+
+    def restore(self, snapshot: dict[str, Any]) -> int:
+        """Load a snapshot taken before a restart; returns how many sessions will be resumed."""
+        import base64
+        import pickle
+
+        if snapshot.get("predictor"):
+            # Our own file, written by this node (the state folder is root's): trusted input.
+            self.predictor = pickle.loads(base64.b64decode(snapshot["predictor"]))  # noqa: S301
+        self.restored = {entry["flow"]: entry for entry in snapshot.get("sessions", [])}
+        self.sessions_opened = int(snapshot.get("sessions_opened", 0))
+        return len(self.restored)
+
+    def new_flow(self, flow_id: int, key: FlowKey, peer: str, now: float) -> None:
+        info = FlowInfo(flow_id, key, peer, last_seen=now)
+        previous = self.restored.pop(str(key), None)
+        if previous is not None:
+            info.restored_reason = f"resumed after a node restart (was: {previous['reason']})"
+        classification = self.classifier.classify(Metadata(dscp=key.dscp), key)
+        info.traffic_class, info.class_reason = str(classification.flow_class), classification.reason
+        self.flows[flow_id] = info
+        self.paths.setdefault(peer, PeerPath(peer))
+        self._decide(f"flow:{key}", "new_flow", f"class {info.traffic_class}: {info.class_reason}",
+                     peer=peer, policy=str(self.settings.policy))
+
+    def flow_seen(self, flow_id: int, now: float) -> None:
+        info = self.flows.get(flow_id)
+        if info is not None:
+            info.last_seen = now
+
+    def flow_metadata(self, flow_id: int, metadata: Metadata, now: float) -> list[Announce]:
+        """Metadata of a flow's first payload: refine its class; announce bulk transfers."""
+        info = self.flows.get(flow_id)
+        if info is None:
+            return []
+        info.metadata = metadata
+        if self.settings.policy is Policy.PREDICTIVE:
+            classification = self.classifier.classify(metadata, info.key)
+            info.traffic_class, info.class_reason = str(classification.flow_class), classification.reason
+            self._decide(f"flow:{info.key}", "classified", f"class {info.traffic_class}: {info.class_reason}")
+        announced = metadata.announced_bytes or 0
+        if (self.settings.policy is not Policy.PREDICTIVE or announced < self.settings.announce_min_bytes
+                or self.graph is None):
+            return []
+        segment = self.graph.segment(self.me, info.peer)
+        if segment is None:
+            return []
+        hops = tuple((link, a, b) for link, a, b in zip(segment.links, segment.nodes, segment.nodes[1:], strict=False))
+        duration_ms = int(1000 * announced * 8 / self.settings.announce_rate_bps) + 200
+        self.announcement(self.me, hops, announced, duration_ms, now)
+        peers = tuple(sorted(p for p in self._host_peers() if p != info.peer)) + (info.peer,)
+        reason = (f"{metadata.announced_by or 'metadata'} announces {announced / 1e6:.1f} MB from {self.me} to "
+                  f"{info.peer} over {', '.join(segment.links)}")
+        self._decide(f"flow:{info.key}", "announce", reason, bytes=announced, links=list(segment.links))
+        return [Announce(peers, hops, announced, duration_ms, reason)]
+
+    def announcement(self, source: str, hops: tuple[tuple[str, str, str], ...], nbytes: int, duration_ms: int,
+                     now: float) -> None:
+        until = now + duration_ms / 1000
+        for hop in hops:
+            entries = [e for e in self.announced.get(tuple(hop), []) if e[0] > now]  # type: ignore[arg-type]
+            entries.append((until, nbytes, source))
+            self.announced[tuple(hop)] = entries  # type: ignore[index]
+
+    def _host_peers(self) -> list[str]:
+        return list(self.paths)
+
+    def announced_on_path(self, peer: str, now: float) -> int:
+        if self.graph is None:
+            return 0
+        segment = self.graph.segment(self.me, peer)
+        if segment is None:
+            return 0
+        total = 0
+        for link, a, b in zip(segment.links, segment.nodes, segment.nodes[1:], strict=False):
+            total = max(total, sum(n for until, n, _ in self.announced.get((link, a, b), []) if until > now))
+        return total
+
+    def feedback(self, peer: str, reports: list[PathReport], now: float) -> None:
+        """FEEDBACK about our paths to `peer`: predictor step on the standard path; sessions observe."""
+        path = self.paths.setdefault(peer, PeerPath(peer))
+        standard = next((r for r in reports if r.path_id == 0), None)
+        if standard is not None:
+            path.last_report, path.last_report_at = standard, now
+            sent = standard.packets + standard.lost
+            loss = standard.lost / sent if sent else 0.0
+            degraded = standard.owd_avg_us >= self.settings.degraded_delay_us or loss >= self.settings.degraded_loss
+            if degraded and path.degraded_since is None:
+                path.degraded_since = now
+                onset = self._pending_onset.pop(peer, None)
+                if onset is not None:
+                    self.lead_times_ms.append((now - onset) * 1000)
+            elif not degraded:
+                path.degraded_since = None
+            capacity = None
+            if self.graph is not None:
+                segment = self.graph.segment(self.me, peer)
+                capacity = segment.capacity_bps if segment else None
+            announced = self.announced_on_path(peer, now)
+            sample = PathTelemetry(
+                path_id=peer, time_ms=now * 1000, queue_delay_ms=standard.owd_avg_us / 1000, loss_rate=loss,
+                utilisation=None, capacity_bps=capacity, announced_pending_bytes=announced)
+            path.forecast = self.predictor.observe(sample)
+            path.history.append((now, standard.owd_avg_us, path.forecast.probability))
+        for session_id, session in list(self.sessions.items()):
+            if session.state is not SessionState.ACTIVE or session.request.dst != peer:
+                continue
+            mirror = next((r for r in reports if r.path_id == self._session_path_id(session)), None)
+            if standard is None or mirror is None:
+                continue
+            self._apply(session_id, session.observe(SessionFeedback.from_reports(standard, mirror), now), now)
+
+    def _session_path_id(self, session: MirrorSession) -> int:
+        plan = session.plan
+        return self.path_id_for(plan.overlay_nodes if plan is not None else ())
+
+    @staticmethod
+    def path_id_for(relays: tuple[str, ...]) -> int:
+        """Mirror paths are measured per relay sequence (not per session): a small id, stable across
+        restarts (crc32, not Python's per-process salted hash). 1-99 are left to static targets."""
+        return 100 + zlib.crc32(">".join(relays).encode()) % 150 if relays else 0
+
+    def ack(self, relay: str, channel: int, now: float) -> None:
+        for session_id, session in list(self.sessions.items()):
+            self._apply(session_id, session.ack_install(relay, channel, now), now)
+
+    def nack(self, relay: str, channel: int, detail: str, now: float) -> None:
+        for session_id, session in list(self.sessions.items()):
+            self._apply(session_id, session.nack_install(relay, channel, detail, now), now)
+
+    def graph_changed(self, now: float) -> None:
+        """A relay or link went down or up: re-plan what no longer works."""
+        for session_id, session in list(self.sessions.items()):
+            if session.state in (SessionState.ACTIVE, SessionState.INSTALLING) and session.plan is not None:
+                from topomirror.topology.paths import plan_problem
+
+                assert self.graph is not None
+                problem = plan_problem(session.plan, self.graph, self._forecast_links(now), now=now)
+                if problem:
+                    result = plan_mirror(session.request, self.graph, self._forecast_links(now), now=now,
+                                         avoid_relays=tuple(r for r in session.plan.overlay_nodes
+                                                            if not self._relay_alive(r)))
+                    self._apply(session_id, session.replan(result, now), now)
+                    self._decide(f"session:{session_id}", "replan", problem)
+
+    def _relay_alive(self, relay: str) -> bool:
+        assert self.graph is not None
+        return relay in self.graph.relays()
+
+    # -- the periodic decision ------------------------------------------------------------
+    def _forecast_links(self, now: float) -> dict[str, float]:
+        forecast: dict[str, float] = {}
+        if self.graph is None:
+            return forecast
+        for peer, path in self.paths.items():
+            probability = path.forecast.probability if path.forecast else 0.0
+            if path.degraded_since is not None:
+                probability = 1.0
+            segment = self.graph.segment(self.me, peer)
+            if segment is None:
+                continue
+            # A path-level forecast cannot say which link will congest. The two access links are
+            # crossed by every path, so they are left out: the mirror avoids the shared middle.
+            for link in segment.links[1:-1]:
+                forecast[link] = max(forecast.get(link, 0.0), probability)
+        for (link, a, b), entries in self.announced.items():
+            if a == self.me or b == self.me:
+                continue  # our own access link: no path avoids it
+            if any(until > now for until, _, _ in entries):
+                forecast[link] = max(forecast.get(link, 0.0), 0.9)
+        return forecast
+
+    def _wants_mirror(self, info: FlowInfo, now: float) -> tuple[bool, str]:
+        policy = self.settings.policy
+        path = self.paths.get(info.peer)
+        if policy in (Policy.OFF, Policy.STATIC):
+            return False, f"policy {policy}"
+        if policy is Policy.ALWAYS:
+            return True, "policy always: every flow is mirrored"
+        if info.restored_reason is not None:
+            reason, info.restored_reason = info.restored_reason, None
+            return True, reason
+        if info.traffic_class == "bulk":
+            return False, "bulk flows are never mirrored"
+        if info.traffic_class != "latency_sensitive":
+            return False, f"class {info.traffic_class}: only latency-sensitive flows are protected"
+        degraded = path is not None and path.degraded_since is not None
+        if degraded and path is not None and path.last_report is not None:
+            return True, (f"standard path to {info.peer} degraded: relative delay "
+                          f"{path.last_report.owd_avg_us / 1000:.1f} ms")
+        if policy is Policy.REACTIVE:
+            return False, "standard path healthy"
+        announced = self.announced_on_path(info.peer, now)
+        forecast = path.forecast if path else None
+        if announced >= self.settings.announce_min_bytes:
+            return True, (f"{announced / 1e6:.1f} MB announced on the standard path to {info.peer} "
+                          f"(application metadata)")
+        if (forecast is not None and path is not None and len(path.history) >= self.settings.warmup_reports
+                and forecast.probability >= self.settings.probability_threshold):
+            return True, (f"standard path to {info.peer} congests within {forecast.horizon_ms:.0f} ms with "
+                          f"p={forecast.probability:.2f} ({forecast.method})")
+        return False, "no congestion predicted"
+
+    def tick(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for info in list(self.flows.values()):
+            idle = now - info.last_seen > self.settings.flow_idle_s
+            live = info.session_id is not None and info.session_id in self.sessions
+            if idle:
+                if live:
+                    self._withdraw(info.session_id, "flow idle", now)  # type: ignore[arg-type]
+                del self.flows[info.flow_id]
+                continue
+            want, reason = self._wants_mirror(info, now)
+            if want and not live and now >= info.rearm_after:
+                self._open(info, reason, now)
+            elif want and live:
+                session = self.sessions[info.session_id]  # type: ignore[index]
+                if not session.state.terminal:
+                    self._apply(info.session_id, session.renew(now), now)  # type: ignore[arg-type]
+        for session_id, session in list(self.sessions.items()):
+            self._apply(session_id, session.tick(now), now)
+        actions.extend(self._drain())
+        return actions
+
+    # -- sessions -------------------------------------------------------------------------
+    def _open(self, info: FlowInfo, reason: str, now: float) -> None:
+        if self.graph is None:
+            self._decide(f"flow:{info.key}", "no_mirror", "no topology known (no inventory)")
+            info.rearm_after = now + 5
+            return
+        session_id = next(self._session_ids)
+        self.sessions_opened += 1
+        request = MirrorRequest(str(info.key), self.me, info.peer, info.traffic_class, reason,
+                                SessionBudget(self.settings.session_rate_bps, self.settings.session_burst_bytes))
+        opened = MirrorSession.open(session_id, request, now, self.channels, self.session_policy)
+        self.sessions[session_id] = opened
+        self.session_flow[session_id] = info.flow_id
+        info.session_id = session_id
+        self._decide(f"flow:{info.key}", "mirror", reason, session=session_id)
+        result = plan_mirror(request, self.graph, self._forecast_links(now), now=now)
+        if isinstance(result, NoPlan):
+            self._decide(f"session:{session_id}", "no_plan", result.reason, flow=str(info.key))
+        self._apply(session_id, opened.plan_result(result, now), now)
+        session = self.sessions.get(session_id)
+        if session is not None and session.state is SessionState.PLANNED:
+            self._apply(session_id, session.install(now), now)
+        path = self.paths.get(info.peer)
+        if path is not None and path.degraded_since is None:
+            # Opened before the path degraded: when it does, the lead time is measured.
+            self._pending_onset.setdefault(info.peer, now)
+
+    def _withdraw(self, session_id: int, reason: str, now: float) -> None:
+        session = self.sessions.get(session_id)
+        if session is not None and not session.state.terminal and session.state is not SessionState.WITHDRAWING:
+            self._apply(session_id, session.withdraw(reason, now), now)
+
+    def _apply(self, session_id: int, transition: Any, now: float) -> None:
+        before = self.sessions.get(session_id)
+        session: MirrorSession = transition.session
+        self.sessions[session_id] = session
+        self._queued.extend(transition.actions)
+        if before is None or before.state is not session.state:
+            self._decide(f"session:{session_id}", "session_state",
+                         f"{before.state if before else 'new'} -> {session.state}"
+                         + (f": {transition.note}" if transition.note else ""),
+                         flow=session.request.flow_key, peer=session.request.dst,
+                         relays=list(session.plan.overlay_nodes) if session.plan else [])
+        if transition.verdict is Verdict.REROUTE and self.graph is not None and session.plan is not None:
+            result = plan_reroute(session.request, self.graph, self._forecast_links(now), session.plan, now=now)
+            self._apply(session_id, session.replan(result, now), now)
+        elif transition.verdict is Verdict.TEARDOWN:
+            flow = self.flows.get(self.session_flow.get(session_id, -1))
+            if flow is not None:
+                flow.rearm_after = session.state_since + self.session_policy.adaptation.rearm_after_teardown_s
+            self._decide(f"session:{session_id}", "adapt", f"teardown: {transition.note}")
+        if session.state.terminal:
+            flow_id = self.session_flow.pop(session_id, None)
+            flow = self.flows.get(flow_id) if flow_id is not None else None
+            if flow is not None and flow.session_id == session_id:
+                flow.session_id = None
+            del self.sessions[session_id]
+
+    def _drain(self) -> list[Action]:
+        queued, self._queued = self._queued, []
+        return queued
+
+    def take_decisions(self) -> list[Decision]:
+        out, self.decisions = self.decisions, []
+        return out
+
+    def flow_of_session(self, session_id: int) -> int | None:
+        return self.session_flow.get(session_id)
+
+    def plan_of(self, session_id: int) -> MirrorPlan | None:
+        session = self.sessions.get(session_id)
+        return session.plan if session else None

@@ -1,0 +1,171 @@
+"""The adaptive loop end to end in the diamond lab: announce -> predict -> mirror -> withdraw,
+a relay dying, and the source node restarting."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+from topomirror.api.client import fetch
+from topomirror.lab.registry import LabRegistry
+from topomirror.lab.traffic import in_node
+from topomirror.node.launch import api_socket, node_dir, restart_lab_node, stop_lab_node
+
+LAB = "diamond-mirror.yaml"
+H3, H4 = "172.16.3.1", "172.16.4.1"
+THRESHOLD_BYTES = 30_000_000 // 8 * 2 // 1000  # 2 ms of queue at 30 Mbit/s
+
+
+def api(lab, node: str, view: str = "status"):  # type: ignore[no-untyped-def]
+    registry = LabRegistry.load(lab.spec.name)
+    assert registry is not None
+    return fetch(f"/{view}", socket_path=api_socket(registry, node))
+
+
+def rpc(lab, seconds: float, rate: int = 200):  # type: ignore[no-untyped-def]
+    res = lab.exec("h1", sys.executable, "-m", "topomirror.lab.rpc", "client", "--host", H3, "--port", "7000",
+                   "--rate", str(rate), "--seconds", str(seconds), timeout=seconds + 30)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def decisions(lab, node: str) -> list[tuple[float, str, str, str]]:  # type: ignore[no-untyped-def]
+    registry = LabRegistry.load(lab.spec.name)
+    assert registry is not None
+    with contextlib.closing(sqlite3.connect(str(node_dir(registry, node) / "node.db"))) as db:
+        return db.execute("SELECT at, subject, kind, reason FROM decisions ORDER BY id").fetchall()
+
+
+def watch_backlog(lab, stop: threading.Event, samples: list[tuple[float, int]]) -> None:  # type: ignore[no-untyped-def]
+    """Poll the core link's tbf backlog on e2 (the direction e2 -> e1 the bulk and the answers take)."""
+    while not stop.is_set():
+        out = lab.exec("e2", "tc", "-s", "qdisc", "show", "dev", "eth3").stdout
+        match = re.search(r"backlog (\d+)b", out)
+        if match:
+            samples.append((time.time(), int(match.group(1))))
+        time.sleep(0.005)
+
+
+def test_announced_bulk_transfer_is_mirrored_around_before_the_queue_builds(make_lab) -> None:  # type: ignore[no-untyped-def]
+    lab = make_lab(LAB, "tt-adapt")
+    with in_node(lab.plan, "h3", [sys.executable, "-m", "topomirror.lab.rpc", "server", "--port", "7000"]), \
+            in_node(lab.plan, "h4", [sys.executable, "-m", "topomirror.lab.bulk", "--port", "8080"]):
+        time.sleep(1.0)
+        calm = rpc(lab, 4)
+        before = {n: api(lab, n) for n in ("h1", "h2", "h3", "h4")}
+        samples: list[tuple[float, int]] = []
+        stop = threading.Event()
+        watcher = threading.Thread(target=watch_backlog, args=(lab, stop, samples))
+        watcher.start()
+        result: dict[str, object] = {}
+        rpc_thread = threading.Thread(target=lambda: result.update(rpc(lab, 8)))
+        rpc_thread.start()
+        time.sleep(1.5)
+        bulk = lab.exec("h2", "curl", "-s", "-o", "/dev/null", "-w", "%{time_total}",
+                        f"http://{H4}:8080/bytes/12000000", timeout=60)
+        bulk_end = time.time()
+        rpc_thread.join()
+        time.sleep(3.5)  # idle long enough for the controller to withdraw
+        stop.set()
+        watcher.join()
+        after = {n: api(lab, n) for n in ("h1", "h2", "h3", "h4")}
+    assert bulk.returncode == 0
+    crossed = next((t for t, backlog in samples if backlog >= THRESHOLD_BYTES), None)
+    assert crossed is not None, "the bulk transfer congested the core link"
+    log = decisions(lab, "h3")
+    active = [at for at, subject, kind, reason in log if kind == "session_state" and reason.endswith("-> active")]
+    announced = [reason for _, _, kind, reason in log if kind == "mirror" and "announced" in reason]
+    print(json.dumps({"calm_p99": calm["p99_ms"], "busy_p99": result["p99_ms"], "crossed": crossed,
+                      "first_active": active[:1], "announced": announced[:1]}))
+    assert announced, "h3 mirrored because h4 announced the transfer (application metadata)"
+    first_active = min(at for at in active if at > crossed - 10)
+    assert first_active <= crossed + 0.050, f"mirror active {1000 * (first_active - crossed):.0f} ms after the queue"
+    assert result["p99_ms"] <= 2 * max(calm["p99_ms"], 5.0), (calm, result)  # type: ignore[operator]
+    withdrawn = [at for at, _, kind, reason in log if kind == "session_state" and "withdrawn" in reason
+                 and at > bulk_end]
+    assert withdrawn, "sessions are withdrawn after the transfer ends"
+    assert not api(lab, "h3", "sessions")["mirror_sessions"], "nothing left active"
+    # extra bytes within each node's budget (copies at most the configured share of bytes sent)
+    for node in ("h1", "h2", "h3", "h4"):
+        original = after[node]["bytes_original"] - before[node]["bytes_original"]
+        extra = after[node]["bytes_extra"] - before[node]["bytes_extra"]
+        assert extra <= 0.5 * (original + extra) + 256 * 1024, (node, original, extra)
+    relay_vcs = api(lab, "x1", "sessions")["relay_vcs"]
+    assert all(v["sender"] != "h3" for v in relay_vcs), "the relay dropped h3's virtual connections"
+
+
+def _protected_rpc(lab, seconds: float, result: dict) -> threading.Thread:  # type: ignore[no-untyped-def]
+    thread = threading.Thread(target=lambda: result.update(rpc(lab, seconds)))
+    thread.start()
+    return thread
+
+
+def _degrade_core(lab) -> None:  # type: ignore[no-untyped-def]
+    # Queue on the core link in both directions: the nodes see their standard paths degraded.
+    from topomirror.lab.realize import set_link
+
+    set_link(lab.spec, lab.file, "core", bw="2mbit", queue="400p")
+    subprocess.Popen(["ip", "netns", "exec", lab.plan.namespace("h4"), "iperf3", "-s", "-1", "-p", "5301"])
+    time.sleep(0.3)
+    subprocess.Popen(["ip", "netns", "exec", lab.plan.namespace("h2"), "iperf3", "-c",
+                      str(lab.plan.address_of("h4")), "-p", "5301", "-u", "-b", "5M", "-t", "30", "-R"],
+                     stdout=subprocess.DEVNULL)
+
+
+def test_relay_death_fails_the_session_cleanly_and_traffic_continues(make_lab) -> None:  # type: ignore[no-untyped-def]
+    lab = make_lab(LAB, "tt-relay")
+    registry = LabRegistry.load(lab.spec.name)
+    with in_node(lab.plan, "h3", [sys.executable, "-m", "topomirror.lab.rpc", "server", "--port", "7000"]):
+        time.sleep(1.0)
+        _degrade_core(lab)
+        result: dict = {}
+        thread = _protected_rpc(lab, 8, result)
+        deadline = time.time() + 5
+        while time.time() < deadline and not api(lab, "h3", "sessions")["mirror_sessions"]:
+            time.sleep(0.1)
+        assert api(lab, "h3", "sessions")["mirror_sessions"], "a session went active on the degraded path"
+        assert stop_lab_node(registry, "x1") == 1  # type: ignore[arg-type]
+        killed = time.time()
+        time.sleep(3.0)
+        sessions = api(lab, "h3", "sessions")["mirror_sessions"]
+        thread.join()
+    log = decisions(lab, "h3")
+    print(json.dumps({"sessions_after": sessions, "rpc": {k: result[k] for k in ("count", "errors", "p99_ms")}}))
+    assert any(kind == "relay_down" for _, _, kind, _ in log), "h3 noticed the dead relay"
+    ended = [reason for at, _, kind, reason in log if kind == "session_state" and at > killed
+             and ("failed" in reason or "withdraw" in reason or "planned" in reason)]
+    assert ended, "the sessions through x1 were re-planned or ended"
+    assert all(s["state"] != "active" or "x1" not in s["relays"] for s in sessions)
+    assert result["count"] > 0.95 * 8 * 200, "the RPCs kept flowing on the standard path"
+
+
+def test_source_restart_resumes_sessions_and_model(make_lab) -> None:  # type: ignore[no-untyped-def]
+    lab = make_lab(LAB, "tt-restart")
+    registry = LabRegistry.load(lab.spec.name)
+    assert registry is not None
+    with in_node(lab.plan, "h3", [sys.executable, "-m", "topomirror.lab.rpc", "server", "--port", "7000"]):
+        time.sleep(1.0)
+        _degrade_core(lab)
+        result: dict = {}
+        thread = _protected_rpc(lab, 9, result)
+        deadline = time.time() + 5
+        while time.time() < deadline and not api(lab, "h3", "sessions")["mirror_sessions"]:
+            time.sleep(0.1)
+        epoch_before = api(lab, "h3")["epoch"]
+        time.sleep(1.5)  # a snapshot is taken every second
+        restart_lab_node(lab.plan, registry, "h3")
+        after = api(lab, "h3")
+        time.sleep(1.0)
+        sessions = api(lab, "h3", "sessions")["mirror_sessions"]
+        thread.join()
+    assert after["epoch"] != epoch_before, "a restart starts a new epoch (fresh keys, fresh sequence numbers)"
+    log = decisions(lab, "h3")
+    assert any("resumed after a node restart" in reason for _, _, _, reason in log)
+    assert sessions, "the resumed sessions are active again"
+    assert result["count"] > 0.95 * 9 * 200 and result["errors"] == 0, result

@@ -1,0 +1,115 @@
+"""The node's controller, driven with events and a clock: policies, announcements, sessions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from topomirror.analysis.classify import Classifier, ClassifierConfig
+from topomirror.analysis.metadata import Metadata
+from topomirror.dataplane.packet import FlowKey
+from topomirror.lab.spec import load_lab
+from topomirror.node.controller import Controller, ControllerSettings, Policy
+from topomirror.topology.graph import NetworkGraph
+from topomirror.topology.session import InstallVC, StartDuplication, StopDuplication
+from topomirror.wire.messages import PathReport
+
+DIAMOND = Path(__file__).parents[3] / "examples" / "labs" / "diamond-mirror.yaml"
+RPC = FlowKey("172.16.3.1", "172.16.1.1", 6, 7000, 40000)
+CLASSES = Classifier(ClassifierConfig.model_validate(
+    {"rules": [{"name": "rpc", "flow_class": "latency_sensitive", "port": 7000}]}))
+
+
+def controller(policy: Policy, me: str = "h3") -> Controller:
+    graph = NetworkGraph.from_lab_spec(load_lab(DIAMOND))
+    return Controller(me, ControllerSettings(policy=policy), graph, CLASSES)
+
+
+def report(path_id: int, owd_us: int, packets: int = 20, wins: int = 20, lost: int = 0) -> PathReport:
+    return PathReport(path_id, packets, packets * 100, lost, 0, wins, packets - wins, owd_us, owd_us, owd_us, 0, 100)
+
+
+def _run_until_active(ctl: Controller, now: float) -> tuple[list[object], float]:
+    actions = ctl.tick(now)
+    installs = [a for a in actions if isinstance(a, InstallVC)]
+    for install in installs:
+        ctl.ack(install.relay, install.channel_id, now + 0.005)
+    now += 0.02
+    return actions + ctl.tick(now), now
+
+
+def test_off_never_mirrors_and_always_mirrors_everything() -> None:
+    off = controller(Policy.OFF)
+    off.new_flow(1, RPC, "h1", 0.0)
+    assert off.tick(0.1) == [] and not off.sessions
+    always = controller(Policy.ALWAYS)
+    always.new_flow(1, FlowKey("172.16.3.1", "172.16.1.1", 17, 5000, 5001), "h1", 0.0)
+    actions, _ = _run_until_active(always, 0.1)
+    starts = [a for a in actions if isinstance(a, StartDuplication)]
+    assert len(starts) == 1 and starts[0].first_hop == "x1"
+
+
+def test_announced_bulk_transfer_triggers_a_mirror_before_congestion() -> None:
+    ctl = controller(Policy.PREDICTIVE)
+    ctl.new_flow(1, RPC, "h1", 0.0)
+    ctl.feedback("h1", [report(0, 100)], 0.1)
+    assert ctl.tick(0.1) == [], "healthy path, nothing announced: no mirror"
+    # h4 tells us 15 MB are about to go h4 -> h2 over e2 -> core -> e1 (our direction to h1).
+    ctl.announcement("h4", (("h4-e2", "h4", "e2"), ("core", "e2", "e1"), ("h2-e1", "e1", "h2")),
+                     15_000_000, 4000, 0.2)
+    actions, now = _run_until_active(ctl, 0.2)
+    starts = [a for a in actions if isinstance(a, StartDuplication)]
+    assert starts and starts[0].first_hop == "x1"
+    [session] = ctl.sessions.values()
+    assert "announced" in session.request.reason and "core" not in session.plan.exclusive_links  # type: ignore[union-attr]
+    # The queue builds 60 ms later: the lead time is recorded.
+    ctl.feedback("h1", [report(0, 30_000, wins=0), report(ctl._session_path_id(session), 300)], now + 0.06)
+    assert ctl.lead_times_ms and ctl.lead_times_ms[0] > 0
+
+
+def test_reactive_waits_for_degradation_and_ignores_announcements() -> None:
+    ctl = controller(Policy.REACTIVE)
+    ctl.new_flow(1, RPC, "h1", 0.0)
+    ctl.announcement("h4", (("core", "e2", "e1"),), 15_000_000, 4000, 0.1)
+    assert not [a for a in ctl.tick(0.1) if isinstance(a, InstallVC)]
+    ctl.feedback("h1", [report(0, 25_000)], 0.3)
+    actions, _ = _run_until_active(ctl, 0.3)
+    assert [a for a in actions if isinstance(a, StartDuplication)]
+
+
+def test_bulk_flows_are_never_mirrored_and_metadata_announces() -> None:
+    ctl = controller(Policy.PREDICTIVE, me="h4")
+    bulk = FlowKey("172.16.4.1", "172.16.2.1", 6, 8080, 50000)
+    ctl.new_flow(7, bulk, "h2", 0.0)
+    announces = ctl.flow_metadata(7, Metadata(app_protocol="http", http_status=200, announced_bytes=15_000_000,
+                                              announced_by="HTTP response Content-Length"), 0.01)
+    assert announces and ("core", "e2", "e1") in announces[0].hops
+    assert ctl.flows[7].traffic_class == "bulk"
+    assert not [a for a in ctl.tick(0.02) if isinstance(a, InstallVC)]
+
+
+def test_idle_flow_withdraws_its_session() -> None:
+    ctl = controller(Policy.ALWAYS)
+    ctl.new_flow(1, RPC, "h1", 0.0)
+    _, now = _run_until_active(ctl, 0.0)
+    assert ctl.sessions
+    actions = ctl.tick(now + 5.0)
+    assert [a for a in actions if isinstance(a, StopDuplication)]
+    assert 1 not in ctl.flows
+
+
+def test_snapshot_and_restore_resume_protection_and_the_model() -> None:
+    ctl = controller(Policy.PREDICTIVE)
+    ctl.new_flow(1, RPC, "h1", 0.0)
+    ctl.feedback("h1", [report(0, 25_000)], 0.1)
+    _run_until_active(ctl, 0.1)
+    snapshot = ctl.snapshot()
+    assert snapshot["sessions"][0]["flow"] == str(RPC)
+    fresh = controller(Policy.PREDICTIVE)
+    assert fresh.restore(snapshot) == 1
+    assert fresh.predictor.labels_learned == ctl.predictor.labels_learned
+    fresh.new_flow(1, RPC, "h1", 10.0)
+    actions, _ = _run_until_active(fresh, 10.0)
+    starts = [a for a in actions if isinstance(a, StartDuplication)]
+    assert starts, "the flow is protected again right after the restart"
+    [session] = fresh.sessions.values()
+    assert "resumed after a node restart" in session.request.reason
