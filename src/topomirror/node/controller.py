@@ -121,7 +121,8 @@ class Controller:
         self.settings = settings
         self.graph = graph
         self.classifier = classifier or Classifier()
-        self.predictor = predictor or CongestionPredictor(PredictorConfig(horizon_ms=settings.horizon_ms))
+        self.predictor = predictor or CongestionPredictor(PredictorConfig(
+            horizon_ms=settings.horizon_ms, threshold_ms=settings.degraded_delay_us / 1000))
         self.session_policy = session_policy or SessionPolicy()
         self.channels = ChannelAllocator(first=100)  # 1..99 are left to static targets
         self.flows: dict[int, FlowInfo] = {}

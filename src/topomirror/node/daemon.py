@@ -232,8 +232,11 @@ class Node:
                 engine.drops["no_route"] += 1
                 continue
             if flow.packets <= 4 and self.controller is not None:
-                # First packets go to analysis off the packet path: bounded, drop-and-count.
+                # First packets go to analysis off the packet path: bounded, drop-and-count; it
+                # runs as soon as this batch is sent (an announcement is worth milliseconds).
                 if len(self.analysis_queue) < 1024:
+                    if not self.analysis_queue and self.loop is not None:
+                        self.loop.call_soon(self._analysis_tick)
                     self.analysis_queue.append((flow.flow_id, packet))
                 else:
                     self.analysis_dropped += 1
@@ -311,6 +314,8 @@ class Node:
                 data = _json.loads(message.detail)
                 hops = tuple(tuple(h) for h in data["hops"])
                 self.controller.announcement(peer.name, hops, int(data["bytes"]), message.lease_ms, now)  # type: ignore[arg-type]
+                if self.loop is not None:
+                    self.loop.call_soon(self._controller_tick)  # act on it now, not at the next tick
             return
         elif message.op == "ack":
             self._relay_alive(peer, now)
