@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,5 +81,27 @@ def render(view: str, data: Any, out: Console) -> None:
                               str(last["owd_avg_us"]) if last else "-",
                               str(last["lost"]) if last else "-", str(last["wins"]) if last else "-")
         out.print(table)
+    elif view == "explain":
+        if not data:
+            out.print("no stored decision matches (is the node running with a state folder?)")
+        for entry in data:
+            stamp = time.strftime("%H:%M:%S", time.localtime(entry["at"])) + f".{int(entry['at'] % 1 * 1000):03d}"
+            out.print(f"{stamp} [bold]{entry['subject']}[/] {entry['kind']}: {entry['reason']}", highlight=False)
+    elif view == "sessions":
+        table = Table("session", "flow", "peer", "state", "relays", "lease s", "reason",
+                      title=f"mirror sessions (policy {data.get('policy')})")
+        for sess in data.get("mirror_sessions", []):
+            table.add_row(str(sess["session_id"]), sess["flow"], sess["peer"], sess["state"],
+                          ",".join(sess["relays"]), str(sess["lease_left_s"]), sess["reason"])
+        out.print(table)
+        dup = data.get("duplication", {})
+        out.print(f"duplication: {dup.get('bytes_extra', 0)} extra bytes of {dup.get('bytes_original', 0)} "
+                  f"({100 * dup.get('extra_share', 0):.1f} %, budget {100 * dup.get('budget_share', 0):.0f} %)")
+        if data.get("relay_vcs"):
+            vcs = Table("sender", "channel", "next hop", "lease s", "packets", title="virtual connections (relay)")
+            for vc in data["relay_vcs"]:
+                vcs.add_row(str(vc["sender"]), str(vc["channel"]), vc["next_hop"], str(vc["lease_left_s"]),
+                            str(vc["packets"]))
+            out.print(vcs)
     else:
         out.print_json(json.dumps(data))

@@ -413,6 +413,71 @@ def status(
     render(view, data, out)
 
 
+def _node_view(view: str, api: str | None, lab: Path | None, node: str | None, token: str | None,
+               json_out: bool, query: str = "") -> None:
+    from topomirror.api.client import ApiError, fetch, render
+
+    socket_path = None
+    if lab is not None:
+        if node is None:
+            fail("--lab needs --node NAME")
+        from topomirror.lab.registry import LabRegistry
+        from topomirror.node.launch import api_socket
+
+        spec = _load(lab)
+        registry = LabRegistry.load(spec.name)
+        if registry is None:
+            fail(f"lab {spec.name!r} is not deployed")
+        socket_path = api_socket(registry, node)
+    try:
+        data = fetch(f"/{view}{query}", url=api, socket_path=socket_path, token=token)
+    except ApiError as exc:
+        fail(str(exc))
+    if json_out:
+        out.print_json(json.dumps(data))
+    else:
+        render(view, data, out)
+
+
+ApiOpt = Annotated[str | None, typer.Option(help="node API URL (default http://127.0.0.1:7781)")]
+LabOpt = Annotated[Path | None, typer.Option(help="lab file: reach a lab node's API through its socket")]
+NodeOpt = Annotated[str | None, typer.Option(help="lab node name (with --lab)")]
+TokenOpt = Annotated[str | None, typer.Option(envvar="TOPOMIRROR_API_TOKEN", help="API bearer token")]
+
+
+@app.command("sessions")
+def sessions_cmd(api: ApiOpt = None, lab: LabOpt = None, node: NodeOpt = None, token: TokenOpt = None,
+                 json_out: JsonFlag = False) -> None:
+    """Mirror sessions of a node (state, relays, lease, reason) and the relay's virtual connections."""
+    _node_view("sessions", api, lab, node, token, json_out)
+
+
+@app.command("flows")
+def flows_cmd(api: ApiOpt = None, lab: LabOpt = None, node: NodeOpt = None, token: TokenOpt = None,
+              json_out: JsonFlag = False) -> None:
+    """The node's flow table: class, mirror state and the reason for it."""
+    _node_view("flows", api, lab, node, token, json_out)
+
+
+@app.command("paths")
+def paths_cmd(api: ApiOpt = None, lab: LabOpt = None, node: NodeOpt = None, token: TokenOpt = None,
+              json_out: JsonFlag = False) -> None:
+    """Paths to each peer with what the peer's feedback says about them."""
+    _node_view("paths", api, lab, node, token, json_out)
+
+
+@app.command("explain")
+def explain_cmd(
+    subject: Annotated[str, typer.Argument(help="a session ('session:12') or part of a flow ('7000', 'tcp 172.16')")],
+    api: ApiOpt = None, lab: LabOpt = None, node: NodeOpt = None, token: TokenOpt = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Every stored decision about a session or flow, with its reason, in order."""
+    from urllib.parse import quote
+
+    _node_view("explain", api, lab, node, token, json_out, query=f"?subject={quote(subject)}")
+
+
 @app.command("demo")
 @_guard
 def demo(
