@@ -1,0 +1,106 @@
+"""Per-path features on small hand-made telemetry sequences."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from topomirror.analysis.features import (
+    METADATA_FEATURES,
+    FeatureConfig,
+    FeatureExtractor,
+    PathFeatureExtractor,
+    PathTelemetry,
+)
+
+
+def _sample(time_ms: float, delay_ms: float, path: str = "p", **extra: float) -> PathTelemetry:
+    return PathTelemetry(path_id=path, time_ms=time_ms, queue_delay_ms=delay_ms, **extra)  # type: ignore[arg-type]
+
+
+def test_flat_idle_path_has_zero_trend_gradient_and_jitter() -> None:
+    extractor = PathFeatureExtractor()
+    for i in range(50):
+        features = extractor.update(_sample(i * 10.0, 0.5, utilisation=0.3, capacity_bps=1e8))
+    assert features["delay_ewma_fast"] == pytest.approx(0.5)
+    assert features["delay_trend"] == pytest.approx(0.0, abs=1e-9)
+    assert features["delay_gradient"] == pytest.approx(0.0, abs=1e-9)
+    assert features["jitter"] == pytest.approx(0.0, abs=1e-9)
+    assert features["congested_now"] == 0.0
+    assert features["utilisation_ewma"] == pytest.approx(0.3)
+
+
+def test_rising_delay_shows_positive_trend_and_gradient() -> None:
+    extractor = PathFeatureExtractor()
+    for i in range(30):
+        features = extractor.update(_sample(i * 10.0, 0.1 * i))
+    # 0.1 ms more queue per 10 ms sample: the gradient converges to that slope.
+    assert features["delay_gradient"] == pytest.approx(0.1, rel=0.05)
+    assert features["delay_trend"] > 0
+    assert features["delay_ewma_fast"] < 2.9  # lags the ramp
+    assert features["congested_now"] == 1.0  # 2.9 ms > 2 ms threshold
+
+
+def test_alternating_delay_is_jitter_not_trend() -> None:
+    extractor = PathFeatureExtractor()
+    for i in range(100):
+        features = extractor.update(_sample(i * 10.0, 1.0 if i % 2 else 0.0))
+    assert features["jitter"] == pytest.approx(1.0, rel=0.01)
+    assert abs(features["delay_trend"]) < 0.1
+
+
+def test_gradient_is_per_10_ms_whatever_the_sampling_interval() -> None:
+    coarse, fine = PathFeatureExtractor(), PathFeatureExtractor()
+    for i in range(40):
+        a = coarse.update(_sample(i * 20.0, 0.2 * i))
+    for i in range(80):
+        b = fine.update(_sample(i * 10.0, 0.1 * i))
+    assert a["delay_gradient"] == pytest.approx(b["delay_gradient"], rel=0.05)
+
+
+def test_loss_and_time_since_congestion() -> None:
+    extractor = PathFeatureExtractor()
+    extractor.update(_sample(0.0, 5.0, loss_rate=0.1))
+    features = extractor.update(_sample(100.0, 0.0))
+    assert features["since_congested_log"] == pytest.approx(math.log1p(100.0))
+    assert 0.0 < features["loss_ewma"] < 0.1
+    never = PathFeatureExtractor().update(_sample(0.0, 0.0))
+    assert never["since_congested_log"] == pytest.approx(math.log1p(10_000.0))
+
+
+def test_announced_bytes_normalised_by_capacity_times_horizon() -> None:
+    extractor = PathFeatureExtractor(FeatureConfig(horizon_ms=100.0))
+    # 100 Mbit/s for 100 ms is 1.25 MB: 2.5 MB announced is twice what the path carries in H.
+    features = extractor.update(_sample(0.0, 0.0, capacity_bps=100e6, announced_pending_bytes=2_500_000,
+                                        announced_active_bytes=625_000))
+    assert features["announced_pending_load"] == pytest.approx(2.0)
+    assert features["announced_active_load"] == pytest.approx(0.5)
+    assert features["announced_pending_log"] == pytest.approx(math.log1p(25.0))
+    assert features["announced_pending_quiet"] == pytest.approx(math.log1p(25.0))
+    # Unknown capacity: no load, but the byte count still speaks.
+    unknown = PathFeatureExtractor().update(_sample(0.0, 3.0, announced_pending_bytes=100_000))
+    assert unknown["announced_pending_load"] == 0.0
+    assert unknown["announced_pending_log"] == pytest.approx(math.log(2.0))
+    assert unknown["announced_pending_quiet"] == 0.0  # path already congested
+
+
+def test_metadata_features_can_be_dropped_for_the_ablation() -> None:
+    with_metadata = PathFeatureExtractor().update(_sample(0.0, 0.0, announced_pending_bytes=10**6))
+    without = PathFeatureExtractor(FeatureConfig(include_metadata=False)).update(
+        _sample(0.0, 0.0, announced_pending_bytes=10**6))
+    assert set(METADATA_FEATURES) <= set(with_metadata)
+    assert not set(METADATA_FEATURES) & set(without)
+    assert set(without) == set(with_metadata) - set(METADATA_FEATURES)
+    assert tuple(without) == PathFeatureExtractor(FeatureConfig(include_metadata=False)).names
+
+
+def test_paths_keep_separate_state_and_time_must_not_go_back() -> None:
+    extractor = FeatureExtractor()
+    for i in range(20):
+        busy = extractor.update(_sample(i * 10.0, 8.0, path="busy"))
+        quiet = extractor.update(_sample(i * 10.0, 0.0, path="quiet"))
+    assert busy["delay_ewma_fast"] == pytest.approx(8.0)
+    assert quiet["delay_ewma_fast"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="back in time"):
+        extractor.update(_sample(50.0, 0.0, path="busy"))
