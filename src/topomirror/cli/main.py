@@ -478,6 +478,152 @@ def explain_cmd(
     _node_view("explain", api, lab, node, token, json_out, query=f"?subject={quote(subject)}")
 
 
+@app.command("record")
+@_guard
+def record_cmd(
+    lab: Annotated[Path, typer.Option(help="lab file with topomirror hosts h1-h4 (e.g. diamond-mirror.yaml)")],
+    minutes: Annotated[float, typer.Option(help="how long to record")] = 2.0,
+    out_file: Annotated[Path, typer.Option("--out", help="SQLite file for the telemetry")]
+    = Path("data/telemetry/recorded.sqlite"),
+    seed: Annotated[int, typer.Option(help="workload random seed")] = 1,
+    feedback_ms: Annotated[int, typer.Option(help="feedback cadence while recording")] = 20,
+    json_out: JsonFlag = False,
+) -> None:
+    """Run a realistic workload mix on a lab and store its path telemetry for the predictor."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from topomirror.lab.record import record
+
+    _need_root("record")
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
+                  transient=True) as bar:
+        task = bar.add_task("record", total=1.0)
+        summary = record(lab, minutes, out_file, seed=seed, feedback_ms=feedback_ms,
+                         progress=lambda m, f: bar.update(task, description=m, completed=f))
+    if json_out:
+        out.print_json(json.dumps(summary))
+    else:
+        out.print(f"recorded {summary['samples']} samples of {summary['paths']} paths to {summary['file']} "
+                  f"({100 * float(summary['congested_share']):.1f} % congested, "
+                  f"{100 * float(summary['announced_share']):.1f} % with announced bytes)")
+
+
+model_app = typer.Typer(help="Train, evaluate and inspect the congestion predictor.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+DEFAULT_TELEMETRY = Path("data/telemetry/diamond.sqlite")
+
+
+@model_app.command("train")
+@_guard
+def model_train(
+    telemetry: Annotated[Path, typer.Option(help="telemetry SQLite (from 'topomirror record')")] = DEFAULT_TELEMETRY,
+    store: Annotated[Path, typer.Option(help="where to save the trained model")] = Path("data/models.sqlite"),
+    horizon_ms: Annotated[float, typer.Option(help="prediction horizon")] = 100.0,
+    json_out: JsonFlag = False,
+) -> None:
+    """Replay stored telemetry through the online learner (labels delayed by the horizon) and save it."""
+    from topomirror.analysis.predict import CongestionPredictor, PredictorConfig, PredictorStore
+
+    if not telemetry.exists():
+        fail(f"{telemetry} does not exist: record some with 'topomirror record --lab ...'")
+    with PredictorStore(telemetry) as source:
+        samples = source.telemetry()
+    predictor = CongestionPredictor(PredictorConfig(horizon_ms=horizon_ms))
+    for sample in samples:
+        predictor.observe(sample)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    with PredictorStore(store) as target:
+        target.save_model("online", horizon_ms, predictor, time.time() * 1000)
+    summary = {"samples": len(samples), "labels_learned": predictor.labels_learned, "gate": predictor.gate.active,
+               "store": str(store), "horizon_ms": horizon_ms}
+    if json_out:
+        out.print_json(json.dumps(summary))
+    else:
+        out.print(f"trained on {len(samples)} samples ({predictor.labels_learned} labels); the gate serves "
+                  f"{predictor.gate.active}; saved to {store}")
+
+
+@model_app.command("eval")
+@_guard
+def model_eval(
+    telemetry: Annotated[Path | None, typer.Option(help="telemetry SQLite; default: synthetic data only")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="60 s of synthetic data instead of 600 s")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """AUC, onset AUC, TPR at 5 % FPR and lead time per method and horizon."""
+    from topomirror.benchmarks import predictor as bench
+
+    with console.status("evaluating the predictor"):
+        result = bench.run(quick=quick, telemetry=telemetry)
+    if json_out:
+        out.print_json(json.dumps(result, default=str))
+    else:
+        out.print(bench.format_table(result), highlight=False)
+
+
+@model_app.command("show")
+@_guard
+def model_show(store: Annotated[Path, typer.Option(help="model store")] = Path("data/models.sqlite"),
+               json_out: JsonFlag = False) -> None:
+    """List the saved models."""
+    from topomirror.analysis.predict import PredictorStore
+
+    if not store.exists():
+        fail(f"{store} does not exist: train a model with 'topomirror model train'")
+    with PredictorStore(store) as source:
+        models = [{"name": n, "horizon_ms": h, "saved": time.strftime("%Y-%m-%d %H:%M", time.localtime(s / 1000))}
+                  for n, h, s in source.models()]
+    if json_out:
+        out.print_json(json.dumps(models))
+        return
+    table = Table("model", "horizon ms", "saved")
+    for model in models:
+        table.add_row(model["name"], str(model["horizon_ms"]), model["saved"])
+    out.print(table)
+
+
+@bench_app.command("predictor")
+@_guard
+def bench_predictor(
+    telemetry: Annotated[Path | None, typer.Option(help="recorded telemetry SQLite")] = DEFAULT_TELEMETRY,
+    quick: Annotated[bool, typer.Option("--quick", help="60 s of synthetic data instead of 600 s")] = False,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="folder for the JSON result")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Predictor quality (synthetic and recorded lab telemetry) and cost, per method and horizon."""
+    from topomirror.benchmarks import predictor as bench
+
+    if telemetry is not None and not telemetry.exists():
+        fail(f"{telemetry} does not exist: record with 'topomirror record' or pass --telemetry ''")
+    with console.status("benchmarking the predictor (minutes for the full run)"):
+        result = bench.run(quick=quick, telemetry=telemetry)
+    data = {"benchmark": "predictor", "date": time.strftime("%Y-%m-%d"), **result}
+    path = _save_json(data, "predictor", out_dir)
+    if json_out:
+        out.print_json(json.dumps(data, default=str))
+    else:
+        out.print(bench.format_table(result), highlight=False)
+    console.print(f"saved {path}")
+
+
+@bench_app.command("extraction")
+@_guard
+def bench_extraction(
+    count: Annotated[int, typer.Option(help="first packets to extract")] = 200_000,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="folder for the JSON result")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Offline metadata extraction rate on a mix of first packets."""
+    from topomirror.benchmarks import extraction
+
+    with console.status("benchmarking metadata extraction"):
+        result = extraction.run(count)
+    data = {"benchmark": "extraction", "date": time.strftime("%Y-%m-%d"), **result}
+    path = _save_json(data, "extraction", out_dir)
+    out.print_json(json.dumps(data if json_out else result, default=str))
+    console.print(f"saved {path}")
+
+
 @app.command("demo")
 @_guard
 def demo(

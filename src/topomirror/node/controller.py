@@ -197,19 +197,21 @@ class Controller:
             info.traffic_class, info.class_reason = str(classification.flow_class), classification.reason
             self._decide(f"flow:{info.key}", "classified", f"class {info.traffic_class}: {info.class_reason}")
         announced = metadata.announced_bytes or 0
-        if (self.settings.policy is not Policy.PREDICTIVE or announced < self.settings.announce_min_bytes
-                or self.graph is None):
+        if announced < self.settings.announce_min_bytes or self.graph is None:
             return []
         segment = self.graph.segment(self.me, info.peer)
         if segment is None:
             return []
         hops = tuple((link, a, b) for link, a, b in zip(segment.links, segment.nodes, segment.nodes[1:], strict=False))
         duration_ms = int(1000 * announced * 8 / self.settings.announce_rate_bps) + 200
-        self.announcement(self.me, hops, announced, duration_ms, now)
-        peers = tuple(sorted(p for p in self._host_peers() if p != info.peer)) + (info.peer,)
         reason = (f"{metadata.announced_by or 'metadata'} announces {announced / 1e6:.1f} MB from {self.me} to "
                   f"{info.peer} over {', '.join(segment.links)}")
+        # Recorded under every policy (it is telemetry); acted on and shared only by `predictive`.
         self._decide(f"flow:{info.key}", "announce", reason, bytes=announced, links=list(segment.links))
+        if self.settings.policy is not Policy.PREDICTIVE:
+            return []
+        self.announcement(self.me, hops, announced, duration_ms, now)
+        peers = tuple(sorted(p for p in self._host_peers() if p != info.peer)) + (info.peer,)
         return [Announce(peers, hops, announced, duration_ms, reason)]
 
     def announcement(self, source: str, hops: tuple[tuple[str, str, str], ...], nbytes: int, duration_ms: int,
