@@ -63,6 +63,15 @@ def run(*, seconds: float = 5.0, quick: bool = False,
             "direct": {"p50_us": direct.owd_p50_us, "p99_us": direct.owd_p99_us, "loss": direct.loss},
             "tunnel_dup": {"p50_us": tunnel.owd_p50_us, "p99_us": tunnel.owd_p99_us, "loss": tunnel.loss},
         }
+        # The same at a rate the tunnel sustains: what a packet pays when the node is not saturated.
+        progress("latency at 2k packets/s")
+        direct2 = udp_probe(plan, "h1", "h2", count=count // 5, rate_pps=2_000, size=200, port=9401,
+                            dst_address=h2_direct)
+        tunnel2 = udp_probe(plan, "h1", "h2", count=count // 5, rate_pps=2_000, size=200, port=9400,
+                            dst_address=H2_OVERLAY)
+        assert None not in (direct2.owd_p50_us, tunnel2.owd_p50_us, direct2.owd_p99_us, tunnel2.owd_p99_us)
+        results["added_latency_p50_us_at_2kpps"] = round(tunnel2.owd_p50_us - direct2.owd_p50_us, 1)  # type: ignore[operator]
+        results["added_latency_p99_us_at_2kpps"] = round(tunnel2.owd_p99_us - direct2.owd_p99_us, 1)  # type: ignore[operator]
     finally:
         progress("destroying the lab")
         destroy(spec)

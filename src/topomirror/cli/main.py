@@ -486,7 +486,7 @@ def record_cmd(
     out_file: Annotated[Path, typer.Option("--out", help="SQLite file for the telemetry")]
     = Path("data/telemetry/recorded.sqlite"),
     seed: Annotated[int, typer.Option(help="workload random seed")] = 1,
-    feedback_ms: Annotated[int, typer.Option(help="feedback cadence while recording")] = 20,
+    feedback_ms: Annotated[int, typer.Option(help="feedback cadence while recording")] = 50,
     json_out: JsonFlag = False,
 ) -> None:
     """Run a realistic workload mix on a lab and store its path telemetry for the predictor."""

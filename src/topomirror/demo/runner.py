@@ -210,7 +210,8 @@ def summarize(run: PolicyRun) -> dict[str, Any]:
         "bulk_goodput_mbps": round(bulk_bits / bulk_time / 1e6, 2) if bulk_time else None,
         "extra_bytes_pct": round(100 * extra / original, 2) if original else 0.0,
         "sessions": sum(n.get("sessions_opened", 0) for n in run.nodes.values()),
-        "lead_time_ms": round(statistics.median(leads), 1) if leads else None,
+        # Lead time is a property of prediction: how long before the path degraded the mirror was up.
+        "lead_time_ms": round(statistics.median(leads), 1) if leads and run.policy == "predictive" else None,
     }
 
 

@@ -52,7 +52,7 @@ def _overlay(spec: LabSpec, node: str) -> str:
     return str((spec.nodes[node].topomirror or {})["overlay"]).split("/")[0]
 
 
-def record(lab_file: Path, minutes: float, out: Path, *, seed: int = 1, feedback_ms: int = 20,
+def record(lab_file: Path, minutes: float, out: Path, *, seed: int = 1, feedback_ms: int = 50,
            progress: Callable[[str, float], None] = lambda _m, _f: None) -> dict[str, object]:
     spec = recording_spec(load_lab(lab_file), feedback_ms)
     missing = [h for h in HOSTS if h not in spec.nodes or not (spec.nodes[h].topomirror or {}).get("overlay")]
@@ -75,7 +75,7 @@ def record(lab_file: Path, minutes: float, out: Path, *, seed: int = 1, feedback
             stack.enter_context(in_node(plan, "h3", [sys.executable, "-m", "topomirror.lab.rpc", "server"]))
             time.sleep(1.0)
             client = [sys.executable, "-m", "topomirror.lab.rpc", "client", "--host", _overlay(spec, "h3"),
-                      "--rate", "100", "--seconds", str(seconds)]
+                      "--rate", "50", "--seconds", str(seconds)]
             stack.enter_context(in_node(plan, "h1", client))
             events = _schedule(spec, rng, seconds)
             start = time.monotonic()
@@ -121,8 +121,8 @@ def _schedule(spec: LabSpec, rng: np.random.Generator, seconds: float) -> list[t
     """(time, client, server, bytes): background flows both ways across the core, and bulk transfers."""
     websearch, hadoop = FlowSizeDistribution(WEBSEARCH_CDF), FlowSizeDistribution(HADOOP_CDF)
     events: list[tuple[float, str, str, int]] = []
-    for client, server, sizes, rate in (("h2", "h4", websearch, 0.4), ("h1", "h3", hadoop, 1.0),
-                                        ("h4", "h2", hadoop, 0.5)):
+    for client, server, sizes, rate in (("h2", "h4", websearch, 0.2), ("h1", "h3", hadoop, 0.5),
+                                        ("h4", "h2", hadoop, 0.25)):
         t = float(rng.exponential(1 / rate))
         while t < seconds - 2:
             events.append((t, client, server, int(min(sizes.sample(rng)[0], 1_000_000))))
