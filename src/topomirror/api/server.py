@@ -67,8 +67,12 @@ def build_app(node: Node) -> web.Application:
     async def flows(_: web.Request) -> web.Response:
         return web.json_response(node.flows_view())
 
-    async def paths(_: web.Request) -> web.Response:
-        return web.json_response(node.paths_view())
+    async def paths(request: web.Request) -> web.Response:
+        try:
+            last = max(1, min(int(request.query.get("last", "50")), 10_000))
+        except ValueError:
+            return web.json_response({"error": "last must be an integer"}, status=400)
+        return web.json_response(node.paths_view(last))
 
     async def sessions(_: web.Request) -> web.Response:
         return web.json_response(node.sessions_view())

@@ -177,7 +177,7 @@ def run_policy(base: LabSpec, policy: str, plan_schedule: Schedule, *, congested
         for host in HOSTS:
             socket_path = api_socket(registry, host)
             run.nodes[host] = fetch("/status", socket_path=socket_path)
-        run.paths = fetch("/paths", socket_path=api_socket(registry, "h3")).get("h1", {})
+        run.paths = fetch("/paths?last=1000", socket_path=api_socket(registry, "h3")).get("h1", {})
         run.sessions = _session_log(node_dir(registry, "h3") / "node.db")
     finally:
         destroy(spec)

@@ -645,7 +645,7 @@ class Node:
             for f in self.flows.values()
         ]
 
-    def paths_view(self) -> dict[str, object]:
+    def paths_view(self, last: int = 50) -> dict[str, object]:
         out: dict[str, object] = {}
         for peer in self.engine.peers.values():
             routes = self.engine.routes_to(peer) if peer.standard else []
@@ -664,7 +664,7 @@ class Node:
                                      "jitter_us": int(m.jitter_us)}
                     for m in (peer.meters.meters.values() if peer.meters else [])
                 },
-                "feedback": peer.history.as_dict(),
+                "feedback": peer.history.as_dict(last),
             }
         return out
 
