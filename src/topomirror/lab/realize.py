@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -237,8 +238,11 @@ def destroy(spec: LabSpec, *, progress: Progress = _quiet) -> dict[str, int]:
     for name in sorted(namespaces):
         with contextlib.suppress(FileNotFoundError, OSError):
             netns.remove(name)
-    if registry:
-        registry.remove_files()
+    # The lab's run folder holds only what deploy wrote there (registry, keys, node configs, logs,
+    # node state): remove it, so a later deploy of the same lab starts from nothing.
+    folder = registry.folder if registry else LabRegistry(spec.name, "").folder
+    if folder.is_dir():
+        shutil.rmtree(folder, ignore_errors=True)
     return {"namespaces": len(namespaces), "processes": stopped}
 
 
