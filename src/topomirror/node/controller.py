@@ -116,8 +116,9 @@ class PeerPath:
 class Controller:
     def __init__(self, me: str, settings: ControllerSettings, graph: NetworkGraph | None,
                  classifier: Classifier | None = None, predictor: CongestionPredictor | None = None,
-                 session_policy: SessionPolicy | None = None) -> None:
+                 session_policy: SessionPolicy | None = None, host_peers: tuple[str, ...] = ()) -> None:
         self.me = me
+        self.host_peers = host_peers  # who hears our announcements (default: peers we know paths to)
         self.settings = settings
         self.graph = graph
         self.classifier = classifier or Classifier()
@@ -223,7 +224,7 @@ class Controller:
             self.announced[tuple(hop)] = entries  # type: ignore[index]
 
     def _host_peers(self) -> list[str]:
-        return list(self.paths)
+        return list(self.host_peers) if self.host_peers else list(self.paths)
 
     def announced_on_path(self, peer: str, now: float) -> int:
         if self.graph is None:

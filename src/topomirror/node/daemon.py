@@ -720,7 +720,8 @@ def build_controller(config: NodeConfig):  # type: ignore[no-untyped-def]
         degraded_delay_us=adaptive.degraded_delay_us, horizon_ms=adaptive.horizon_ms,
         session_rate_bps=adaptive.session_rate_mbit * 1e6)
     classifier = Classifier(ClassifierConfig.model_validate({"rules": adaptive.classes}))
-    return Controller(config.name, settings, graph, classifier)
+    hosts = tuple(p.name for p in config.peers if not p.relay)
+    return Controller(config.name, settings, graph, classifier, host_peers=hosts)
 
 
 def run_node(config: NodeConfig, ready_file: Path | None = None) -> None:
