@@ -22,9 +22,7 @@ from topomirror.wire.header import (
     TAG_SIZE,
     U32,
     VERSION,
-    Header,
     MessageType,
-    unpack_header,
 )
 from topomirror.wire.messages import (
     Control,
@@ -267,6 +265,3 @@ class Engine:
                 out.extend(self.message(peer, MessageType.FEEDBACK, feedback, self.routes_to(peer),
                                         now, now_us))
         return out
-
-    def header_of(self, datagram: bytes) -> Header:
-        return unpack_header(datagram)

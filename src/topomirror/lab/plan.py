@@ -11,7 +11,6 @@ appear in the middle of a path. A node's `routes:` overrides replace the compute
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -57,16 +56,12 @@ class LinkPlan:
     a: IfacePlan
     b: IfacePlan
     spec: LinkSpec
-    # Temporary names in the root namespace before the ends move into their nodes.
-    tmp_a: str
-    tmp_b: str
 
 
 @dataclass
 class LabPlan:
     spec: LabSpec
     prefix: str  # namespace prefix, e.g. "tm-two-path-"
-    ifprefix: str  # root-namespace interface prefix, e.g. "tm3fa2c1"
     nodes: dict[str, NodePlan]
     links: list[LinkPlan]
 
@@ -88,10 +83,6 @@ class LabPlan:
 
 def lab_prefix(lab_name: str) -> str:
     return f"tm-{lab_name}-"
-
-
-def iface_prefix(lab_name: str) -> str:
-    return "tm" + hashlib.sha1(lab_name.encode()).hexdigest()[:6]
 
 
 def _allocate_subnets(spec: LabSpec) -> list[ipaddress.IPv4Network]:
@@ -117,7 +108,7 @@ def _allocate_subnets(spec: LabSpec) -> list[ipaddress.IPv4Network]:
 
 
 def compile_lab(spec: LabSpec) -> LabPlan:
-    prefix, ifprefix = lab_prefix(spec.name), iface_prefix(spec.name)
+    prefix = lab_prefix(spec.name)
     hosts = list(spec.loopback_subnet.hosts())
     explicit = {n.loopback for n in spec.nodes.values() if n.loopback}
     free = (a for a in hosts if a not in explicit)
@@ -142,9 +133,9 @@ def compile_lab(spec: LabSpec) -> LabPlan:
                       link.mtu)
         nodes[a.node].ifaces[a.name] = a
         nodes[b.node].ifaces[b.name] = b
-        links.append(LinkPlan(index, name, a, b, link, f"{ifprefix}{index}a", f"{ifprefix}{index}b"))
+        links.append(LinkPlan(index, name, a, b, link))
 
-    plan = LabPlan(spec, prefix, ifprefix, nodes, links)
+    plan = LabPlan(spec, prefix, nodes, links)
     _compute_routes(plan)
     return plan
 

@@ -441,7 +441,3 @@ def inspect(spec: LabSpec) -> dict[str, object]:
             for p in (registry.processes if registry else [])
         ],
     }
-
-
-def exec_argv(plan: LabPlan, node: str, command: list[str]) -> list[str]:
-    return ["ip", "netns", "exec", plan.namespace(node), *command]

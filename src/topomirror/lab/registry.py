@@ -43,7 +43,6 @@ class LabRegistry:
     lab: str
     file: str
     namespaces: list[str] = field(default_factory=list)
-    root_links: list[str] = field(default_factory=list)
     processes: list[ProcessRecord] = field(default_factory=list)
     links: dict[str, LinkState] = field(default_factory=dict)
     complete: bool = False
