@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from topomirror.analysis.classify import Classifier
+from topomirror.analysis.decide import DecisionConfig, FlowSummary, decide
 from topomirror.analysis.features import PathTelemetry
 from topomirror.analysis.metadata import Metadata
 from topomirror.analysis.predict import CongestionPredictor, PathForecast, PredictorConfig
@@ -356,11 +357,11 @@ class Controller:
         if announced >= self.settings.announce_min_bytes:
             return True, (f"{announced / 1e6:.1f} MB announced on the standard path to {info.peer} "
                           f"(application metadata)")
-        if (forecast is not None and path is not None and len(path.history) >= self.settings.warmup_reports
-                and forecast.probability >= self.settings.probability_threshold):
-            return True, (f"standard path to {info.peer} congests within {forecast.horizon_ms:.0f} ms with "
-                          f"p={forecast.probability:.2f} ({forecast.method})")
-        return False, "no congestion predicted"
+        if forecast is None or path is None or len(path.history) < self.settings.warmup_reports:
+            return False, "the predictor is still warming up on this path"
+        decision = decide(FlowSummary(info.traffic_class, info.peer), {info.peer: forecast}, now * 1000,
+                          DecisionConfig(mirror_threshold=self.settings.probability_threshold))
+        return decision.mirror, decision.reason
 
     def tick(self, now: float) -> list[Action]:
         actions: list[Action] = []

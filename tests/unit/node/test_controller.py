@@ -113,3 +113,31 @@ def test_snapshot_and_restore_resume_protection_and_the_model() -> None:
     assert starts, "the flow is protected again right after the restart"
     [session] = fresh.sessions.values()
     assert "resumed after a node restart" in session.request.reason
+
+
+class _ConfidentPredictor:
+    """A stand-in predictor: always forecasts congestion with p=0.9 (the decision logic is under test)."""
+
+    labels_learned = 0
+
+    def observe(self, sample):  # type: ignore[no-untyped-def]
+        from topomirror.analysis.predict import PathForecast
+
+        return PathForecast(sample.path_id, sample.time_ms, 100.0, 0.9, "model")
+
+
+def test_a_warm_forecast_above_threshold_opens_a_session_with_the_reason() -> None:
+    graph = NetworkGraph.from_lab_spec(load_lab(DIAMOND))
+    ctl = Controller("h3", ControllerSettings(policy=Policy.PREDICTIVE), graph, CLASSES,
+                     predictor=_ConfidentPredictor())  # type: ignore[arg-type]
+    ctl.new_flow(1, RPC, "h1", 0.0)
+    for step in range(ctl.settings.warmup_reports - 1):
+        ctl.feedback("h1", [report(0, 100)], step * 0.1)
+        ctl.flow_seen(1, step * 0.1)
+    assert not [a for a in ctl.tick(3.0) if isinstance(a, InstallVC)], "not before the predictor is warm"
+    ctl.feedback("h1", [report(0, 100)], 3.0)
+    ctl.flow_seen(1, 3.0)
+    actions, _ = _run_until_active(ctl, 3.0)
+    assert [a for a in actions if isinstance(a, StartDuplication)]
+    [session] = ctl.sessions.values()
+    assert "congests within 100 ms with p=0.90 (model)" in session.request.reason
