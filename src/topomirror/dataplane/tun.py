@@ -10,6 +10,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 
@@ -18,8 +19,12 @@ class TunError(RuntimeError):
     pass
 
 
-def open_tun(name: str) -> int:
-    """Create (or attach to) TUN `name`; return a non-blocking fd. Packets carry no extra header."""
+def open_tun(name: str, persist: bool = True) -> int:
+    """Create (or attach to) TUN `name`; return a non-blocking fd. Packets carry no extra header.
+
+    The device is made persistent: it, its address and the routes into it outlive the node
+    process, so a node restart does not take the VMs' addresses away (their TCP connections just
+    see a short outage). `remove_tun` deletes it."""
     try:
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -29,7 +34,15 @@ def open_tun(name: str) -> int:
     except OSError as exc:
         os.close(fd)
         raise TunError(f"cannot create TUN {name!r}: {exc.strerror}") from None
+    if persist:
+        fcntl.ioctl(fd, TUNSETPERSIST, 1)
     return fd
+
+
+def remove_tun(name: str) -> None:
+    with IPRoute() as ip:
+        for index in ip.link_lookup(ifname=name):
+            ip.link("del", index=index)
 
 
 def configure_tun(name: str, address: str, prefixlen: int, mtu: int, routes: list[tuple[str, int]]) -> None:
