@@ -60,11 +60,12 @@ def _guard(func):  # type: ignore[no-untyped-def]
     from topomirror.lab.realize import LabError
     from topomirror.node.config import ConfigError
     from topomirror.node.launch import LaunchError
+    from topomirror.store.db import StoreCorrupt
 
     def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
         try:
             return func(*args, **kwargs)
-        except (LabError, LabFileError, ConfigError, LaunchError, ValueError) as exc:
+        except (LabError, LabFileError, ConfigError, LaunchError, StoreCorrupt, ValueError) as exc:
             fail(str(exc))
 
     wrapper.__name__ = func.__name__
@@ -331,15 +332,26 @@ def node_run(
     config: Annotated[Path, typer.Option("--config", "-c", help="node config (YAML)")],
     ready_file: Annotated[Path | None, typer.Option(help="write the PID here once running")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+    recover_db: Annotated[bool, typer.Option("--recover-db", help="move an unreadable node database aside and "
+                                             "start with a new one")] = False,
 ) -> None:
     """Run the node daemon in the foreground (stop with SIGTERM or Ctrl-C)."""
     import logging
 
     from topomirror.node.config import load_config
     from topomirror.node.daemon import run_node
+    from topomirror.store.db import Store, StoreCorrupt
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run_node(load_config(config), ready_file)
+    cfg = load_config(config)
+    if recover_db and cfg.state_dir is not None:
+        db = cfg.state_dir / "node.db"
+        try:
+            Store(db).close()
+        except StoreCorrupt:
+            moved = Store.recover(db)
+            console.print(f"moved the unreadable database to {moved}; starting with a new one")
+    run_node(cfg, ready_file)
 
 
 @node_app.command("check-config")
