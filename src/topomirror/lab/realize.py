@@ -115,7 +115,7 @@ def _nft_script(plan: LabPlan, node: str, registry: LabRegistry) -> str:
             chains.append(
                 f'  chain loss_{iface.name.replace("-", "_").replace(".", "_")} {{\n'
                 f'    type filter hook ingress device "{iface.name}" priority 0; policy accept;\n'
-                f"    numgen random mod 10000 < {threshold} counter drop\n"
+                f"    meta protocol {{ ip, ip6 }} numgen random mod 10000 < {threshold} counter drop\n"
                 f"  }}\n"
             )
     return (
@@ -136,8 +136,9 @@ def _apply_qdisc(handle: NetNS, iface: IfacePlan, shaping: EndShaping, *,
         return
     queue = parse_queue(shaping.queue or f"{DEFAULT_QUEUE_PACKETS}p")
     limit = queue.limit_bytes(iface.mtu)
-    # Bucket: 1 ms at line rate, but never less than two full frames (tbf must fit a packet).
-    burst = max(2 * (iface.mtu + 14), shaping.bw // 8 // 1000)
+    # Bucket: 5 ms at line rate, never less than two full frames (tbf must fit a packet). A
+    # smaller bucket undershoots the rate when the sender is descheduled on a busy host.
+    burst = max(2 * (iface.mtu + 14), shaping.bw // 8 // 200)
     handle.tc("add", "tbf", index=index, handle="1:", rate=f"{shaping.bw}bit", burst=burst,
               limit=limit + burst)
 
