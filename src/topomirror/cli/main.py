@@ -393,36 +393,10 @@ def status(
     token: Annotated[str | None, typer.Option(envvar="TOPOMIRROR_API_TOKEN", help="API bearer token")] = None,
     json_out: JsonFlag = False,
 ) -> None:
-    """Show a running node's status, flows, paths or sessions."""
-    from topomirror.api.client import ApiError, fetch
-
+    """Show a running node's status, flows, paths, sessions or Prometheus metrics."""
     if view not in ("status", "flows", "paths", "sessions", "metrics"):
         fail(f"unknown view {view!r}: use status, flows, paths, sessions or metrics")
-    socket_path = None
-    if lab is not None:
-        if node is None:
-            fail("--lab needs --node NAME")
-        from topomirror.lab.registry import LabRegistry
-        from topomirror.node.launch import api_socket
-
-        spec = _load(lab)
-        registry = LabRegistry.load(spec.name)
-        if registry is None:
-            fail(f"lab {spec.name!r} is not deployed")
-        socket_path = api_socket(registry, node)
-    try:
-        data = fetch(f"/{view}", url=api, socket_path=socket_path, token=token)
-    except ApiError as exc:
-        fail(str(exc))
-    if view == "metrics":
-        sys.stdout.write(str(data))
-        return
-    if json_out:
-        out.print_json(json.dumps(data))
-        return
-    from topomirror.api.client import render
-
-    render(view, data, out)
+    _node_view(view, api, lab, node, token, json_out)
 
 
 def _node_view(view: str, api: str | None, lab: Path | None, node: str | None, token: str | None,
@@ -445,6 +419,9 @@ def _node_view(view: str, api: str | None, lab: Path | None, node: str | None, t
         data = fetch(f"/{view}{query}", url=api, socket_path=socket_path, token=token)
     except ApiError as exc:
         fail(str(exc))
+    if view == "metrics":
+        sys.stdout.write(str(data))
+        return
     if json_out:
         out.print_json(json.dumps(data))
     else:
