@@ -31,7 +31,7 @@ from topomirror.lab.realize import deploy, destroy, set_link_state
 from topomirror.lab.registry import LabRegistry
 from topomirror.lab.spec import LabSpec, load_lab
 from topomirror.lab.traffic import in_node
-from topomirror.node.launch import api_socket, node_dir
+from topomirror.node.launch import api_socket, node_dir, overlay_address, with_host_settings
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "labs"
 POLICIES = ("off", "always", "reactive", "predictive")
@@ -79,20 +79,7 @@ class PolicyRun:
 
 
 def policy_spec(base: LabSpec, policy: str, name: str) -> LabSpec:
-    nodes = {}
-    for node_name, node in base.nodes.items():
-        block = dict(node.topomirror) if node.topomirror is not None else None
-        if block is not None and "overlay" in block:
-            adaptive = dict(block.get("adaptive") or {})
-            adaptive["policy"] = policy
-            block["adaptive"] = adaptive
-        nodes[node_name] = node.model_copy(update={"topomirror": block})
-    return base.model_copy(update={"name": name, "nodes": nodes})
-
-
-def _overlay(plan: LabPlan, node: str) -> str:
-    block = plan.spec.nodes[node].topomirror or {}
-    return str(block["overlay"]).split("/")[0]
+    return with_host_settings(base, name, adaptive={"policy": policy})
 
 
 def _curl(plan: LabPlan, client: str, url: str, results: list[dict[str, float]], start: float,
@@ -120,7 +107,7 @@ def run_policy(base: LabSpec, policy: str, plan_schedule: Schedule, *, congested
     try:
         registry = LabRegistry.load(spec.name)
         assert registry is not None
-        h3, h4 = _overlay(plan, "h3"), _overlay(plan, "h4")
+        h3, h4 = overlay_address(spec, "h3"), overlay_address(spec, "h4")
         rng = np.random.default_rng(plan_schedule.seed)
         with contextlib.ExitStack() as stack:
             stack.enter_context(in_node(plan, "h3", [sys.executable, "-m", "topomirror.lab.rpc", "server",

@@ -120,10 +120,6 @@ class PathHistory:
         for report in feedback.paths:
             self.reports.setdefault(report.path_id, deque(maxlen=self.keep)).append((received_at, report))
 
-    def latest(self, path_id: int) -> PathReport | None:
-        history = self.reports.get(path_id)
-        return history[-1][1] if history else None
-
     def as_dict(self, last: int = 50) -> dict[str, list[dict[str, object]]]:
         return {
             str(path): [{"at": round(at, 3), **asdict(r)} for at, r in list(history)[-last:]]

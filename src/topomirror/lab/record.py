@@ -31,25 +31,15 @@ from topomirror.lab.realize import deploy, destroy
 from topomirror.lab.registry import LabRegistry
 from topomirror.lab.spec import LabSpec, load_lab
 from topomirror.lab.traffic import in_node
-from topomirror.node.launch import node_dir
+from topomirror.node.launch import node_dir, overlay_address, with_host_settings
 from topomirror.topology.graph import NetworkGraph
 
 HOSTS = ("h1", "h2", "h3", "h4")
 
 
 def recording_spec(base: LabSpec, feedback_ms: int) -> LabSpec:
-    nodes = {}
-    for name, node in base.nodes.items():
-        block = dict(node.topomirror) if node.topomirror is not None else None
-        if block is not None and "overlay" in block:
-            block["adaptive"] = {**dict(block.get("adaptive") or {}), "policy": "off"}
-            block["timers"] = {**dict(block.get("timers") or {}), "feedback_ms": feedback_ms}
-        nodes[name] = node.model_copy(update={"topomirror": block})
-    return base.model_copy(update={"name": "rec-" + base.name[:16], "nodes": nodes})
-
-
-def _overlay(spec: LabSpec, node: str) -> str:
-    return str((spec.nodes[node].topomirror or {})["overlay"]).split("/")[0]
+    return with_host_settings(base, "rec-" + base.name[:16], adaptive={"policy": "off"},
+                              timers={"feedback_ms": feedback_ms})
 
 
 def record(lab_file: Path, minutes: float, out: Path, *, seed: int = 1, feedback_ms: int = 50,
@@ -74,7 +64,7 @@ def record(lab_file: Path, minutes: float, out: Path, *, seed: int = 1, feedback
                 stack.enter_context(in_node(plan, host, server))
             stack.enter_context(in_node(plan, "h3", [sys.executable, "-m", "topomirror.lab.rpc", "server"]))
             time.sleep(1.0)
-            client = [sys.executable, "-m", "topomirror.lab.rpc", "client", "--host", _overlay(spec, "h3"),
+            client = [sys.executable, "-m", "topomirror.lab.rpc", "client", "--host", overlay_address(spec, "h3"),
                       "--rate", "50", "--seconds", str(seconds)]
             stack.enter_context(in_node(plan, "h1", client))
             events = _schedule(spec, rng, seconds)
@@ -86,7 +76,7 @@ def record(lab_file: Path, minutes: float, out: Path, *, seed: int = 1, feedback
                     time.sleep(delay)
                 if index % 10 == 0:
                     progress(f"recording: {at:.0f}/{seconds:.0f} s, {index}/{len(events)} transfers", at / seconds)
-                url = f"http://{_overlay(spec, server_node)}:8080/bytes/{size}"
+                url = f"http://{overlay_address(spec, server_node)}:8080/bytes/{size}"
                 argv = ["ip", "netns", "exec", plan.namespace(client_node), "curl", "-s", "-o", "/dev/null",
                         "--max-time", "60", url]
                 thread = threading.Thread(target=subprocess.run, args=(argv,), kwargs={"capture_output": True},

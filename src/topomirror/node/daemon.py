@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import json
 import logging
 import os
 import random
@@ -309,9 +310,7 @@ class Node:
             reply = Control("ack", message.request_id, message.channel)
         elif message.op == "announce":
             if self.controller is not None:
-                import json as _json
-
-                data = _json.loads(message.detail)
+                data = json.loads(message.detail)
                 hops = tuple(tuple(h) for h in data["hops"])
                 self.controller.announcement(peer.name, hops, int(data["bytes"]), message.lease_ms, now)  # type: ignore[arg-type]
                 if self.loop is not None:
@@ -403,9 +402,7 @@ class Node:
                 self._send_announce(announce, now, now_us)
 
     def _send_announce(self, announce, now: float, now_us: int) -> None:  # type: ignore[no-untyped-def]
-        import json as _json
-
-        detail = _json.dumps({"hops": announce.hops, "bytes": announce.bytes})
+        detail = json.dumps({"hops": announce.hops, "bytes": announce.bytes})
         for name in announce.peers:
             peer = self.engine.peers_by_name.get(name)
             if peer is None or peer.standard is None:

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from topomirror.lab.plan import LabPlan
 from topomirror.lab.registry import LabRegistry, ProcessRecord, process_start_time
+from topomirror.lab.spec import LabSpec
 from topomirror.wire.crypto import generate_key
 
 Progress = Callable[[str], None]
@@ -51,6 +52,30 @@ class LabNodeSettings(BaseModel):
     filters: list[dict[str, Any]] = Field(default_factory=list)
     timers: dict[str, Any] = Field(default_factory=dict)
     adaptive: dict[str, Any] = Field(default_factory=dict)
+
+
+def overlay_address(spec: LabSpec, node: str) -> str:
+    """The overlay address of a lab host's node (its TUN address), e.g. "172.16.3.1"."""
+    block = spec.nodes[node].topomirror or {}
+    if "overlay" not in block:
+        raise LaunchError(f"node {node!r} of lab {spec.name!r} has no topomirror overlay")
+    return str(block["overlay"]).split("/")[0]
+
+
+def with_host_settings(spec: LabSpec, name: str, *, adaptive: dict[str, Any] | None = None,
+                       timers: dict[str, Any] | None = None) -> LabSpec:
+    """A copy of `spec` named `name` whose overlay hosts get these adaptive/timer settings on top
+    of their own (how the demo runs one lab under each policy, and the recorder measures it)."""
+    nodes = {}
+    for node_name, node in spec.nodes.items():
+        block = dict(node.topomirror) if node.topomirror is not None else None
+        if block is not None and "overlay" in block:
+            if adaptive:
+                block["adaptive"] = {**dict(block.get("adaptive") or {}), **adaptive}
+            if timers:
+                block["timers"] = {**dict(block.get("timers") or {}), **timers}
+        nodes[node_name] = node.model_copy(update={"topomirror": block})
+    return spec.model_copy(update={"name": name, "nodes": nodes})
 
 
 def node_dir(registry: LabRegistry, node: str) -> Path:

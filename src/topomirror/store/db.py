@@ -130,11 +130,6 @@ class Store:
         return [{"session_id": i, "flow": f, "peer": p, "state": s, "updated": u, "detail": json.loads(d)}
                 for i, f, p, s, u, d in self.db.execute(sql + " ORDER BY session_id")]
 
-    def telemetry_since(self, since: float) -> list[dict[str, Any]]:
-        return [{"at": at, "peer": p, "path_id": path, **json.loads(r)}
-                for at, p, path, r in self.db.execute(
-                    "SELECT at, peer, path_id, report FROM telemetry WHERE at >= ? ORDER BY at", (since,))]
-
     def close(self) -> None:
         self.flush()
         self.db.close()
