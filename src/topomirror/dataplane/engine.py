@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from topomirror.feedback.measure import FeedbackBuilder, PathHistory
-from topomirror.wire.crypto import AuthenticationFailed, derive
+from topomirror.wire.crypto import NONCE, SEQ_MASK, AuthenticationFailed, derive
 from topomirror.wire.dedup import DedupWindow, Verdict
 from topomirror.wire.header import (
     HEADER,
@@ -40,6 +40,9 @@ DROP_REASONS = ("auth_failed", "replay", "duplicate", "too_old", "malformed", "n
                 "unknown_peer", "oversize", "old_epoch", "not_ipv4")
 
 _DATA, _FEEDBACK, _PROBE = int(MessageType.DATA), int(MessageType.FEEDBACK), int(MessageType.PROBE)
+_DATA_FIRST = (VERSION << 4) | _DATA
+_U32_MASK = U32 - 1
+_NEW, _DUPLICATE, _REPLAY, _TOO_OLD = Verdict.NEW, Verdict.DUPLICATE, Verdict.REPLAY, Verdict.TOO_OLD
 
 # receive() results: (kind, value, extra)
 DELIVER, FORWARD, FEEDBACK, CONTROL, CONSUMED, DROP = range(6)
@@ -113,27 +116,43 @@ class Engine:
     # -- sending -------------------------------------------------------------------------
     def _seal(self, peer: PeerLink, kind: int, route: PathRoute, seq: int, payload: bytes,
               now_us: int) -> bytes:
-        path_seq = (peer.path_seq.get(route.path_id, 0) + 1) % U32
-        peer.path_seq[route.path_id] = path_seq
-        head = HEADER.pack((VERSION << 4) | kind, route.path_id, route.channel, self.node_id,
-                           self.epoch, seq, path_seq, now_us % U32)
-        # nonce = sender, epoch | path id | low 7 bytes of seq: see topomirror.wire.crypto.nonce
-        return head + peer.tx_aead.encrypt(head[4:8] + head[1:2] + head[9:16], payload, head)
+        path_id = route.path_id
+        path_seq = (peer.path_seq.get(path_id, 0) + 1) & _U32_MASK
+        peer.path_seq[path_id] = path_seq
+        head = HEADER.pack((VERSION << 4) | kind, path_id, route.channel, self.node_id,
+                           self.epoch, seq, path_seq, now_us & _U32_MASK)
+        return head + peer.tx_aead.encrypt(NONCE.pack(self.node_id, self.epoch, (path_id << 56) | (seq & SEQ_MASK)),
+                                           payload, head)
 
     def encapsulate(self, peer: PeerLink, routes: list[PathRoute], packet: bytes,
                     now: float, now_us: int) -> list[tuple[bytes, Address]]:
-        """One DATA copy of `packet` per route, all with the same session sequence."""
-        peer.tx_seq += 1
-        seq = peer.tx_seq
+        """One DATA copy of `packet` per route, all with the same session sequence.
+
+        The per-packet path: `_seal` inlined, locals instead of attribute lookups.
+        """
+        peer.tx_seq = seq = peer.tx_seq + 1
+        node, epoch = self.node_id, self.epoch
+        send_time = now_us & _U32_MASK
+        low_seq = seq & SEQ_MASK
+        path_seqs = peer.path_seq
+        encrypt = peer.tx_aead.encrypt
+        pack = HEADER.pack
+        size = len(packet)
         out = []
         for route in routes:
-            out.append((self._seal(peer, MessageType.DATA, route, seq, packet, now_us), route.address))
+            path_id = route.path_id
+            path_seq = (path_seqs.get(path_id, 0) + 1) & _U32_MASK
+            path_seqs[path_id] = path_seq
+            head = pack(_DATA_FIRST, path_id, route.channel, node, epoch, seq, path_seq, send_time)
+            out.append((head + encrypt(NONCE.pack(node, epoch, (path_id << 56) | low_seq), packet, head),
+                        route.address))
             route.last_sent = now
             route.packets += 1
-            route.bytes += len(packet)
-        self.counters["tx_packets"] += 1
-        self.counters["tx_copies"] += len(routes)
-        self.counters["tx_bytes"] += len(packet) * len(routes)
+            route.bytes += size
+        counters = self.counters
+        counters["tx_packets"] += 1
+        counters["tx_copies"] += len(routes)
+        counters["tx_bytes"] += size * len(routes)
         return out
 
     def message(self, peer: PeerLink, kind: MessageType, payload_obj: Feedback | Control | Probe,
@@ -180,7 +199,8 @@ class Engine:
 
     def receive(self, datagram: bytes, now: float, now_us: int) -> tuple[int, object, object]:
         """One datagram in; what to do with it out. The hot path: no objects beyond the payload."""
-        self.counters["rx_datagrams"] += 1
+        counters = self.counters
+        counters["rx_datagrams"] += 1
         if len(datagram) < HEADER_SIZE + TAG_SIZE or datagram[0] >> 4 != VERSION:
             self.drops["malformed"] += 1
             return DROP, "malformed", None
@@ -189,7 +209,7 @@ class Engine:
             vc = self.vcs.get((sender, channel))
             if vc is not None and vc[1] > now:
                 vc[2] += 1
-                self.counters["forwarded"] += 1
+                counters["forwarded"] += 1
                 return FORWARD, datagram, vc[0]
         kind = first & 0x0F
         if not 1 <= kind <= 4:
@@ -206,20 +226,20 @@ class Engine:
                 self.drops["old_epoch"] += 1
                 return DROP, "old_epoch", None
             switching = True
-            verdict = Verdict.NEW
+            verdict = _NEW
         else:
             verdict = peer.window.check(seq, path_id, send_time)  # type: ignore[union-attr]
-            if verdict is Verdict.REPLAY:
+            if verdict is _REPLAY:
                 self.drops["replay"] += 1
                 return DROP, "replay", None
-            if verdict is Verdict.TOO_OLD:
+            if verdict is _TOO_OLD:
                 self.drops["too_old"] += 1
                 return DROP, "too_old", None
-        head = datagram[:HEADER_SIZE]
+        aead = peer.rx_aeads.get(epoch) or self._aead_for(peer, epoch)
+        view = memoryview(datagram)
         try:
-            # nonce = sender, epoch (bytes 4-7) | path id (byte 1) | low 7 bytes of seq (9-15)
-            payload = self._aead_for(peer, epoch).decrypt(head[4:8] + head[1:2] + head[9:16],
-                                                          datagram[HEADER_SIZE:], head)
+            payload = aead.decrypt(NONCE.pack(sender, epoch, (path_id << 56) | (seq & SEQ_MASK)),
+                                   view[HEADER_SIZE:], view[:HEADER_SIZE])
         except Exception:  # InvalidTag
             self.drops["auth_failed"] += 1
             return DROP, "auth_failed", AuthenticationFailed
@@ -233,12 +253,12 @@ class Engine:
         # Every authenticated message is measured: each one took a path sequence number, so
         # skipping FEEDBACK or CONTROL would show up as loss on that path.
         peer.meters.meter(path_id).record(now_us, send_time, path_seq, len(payload),  # type: ignore[union-attr]
-                                          verdict is Verdict.NEW)
-        if verdict is Verdict.DUPLICATE:
+                                          verdict is _NEW)
+        if verdict is _DUPLICATE:
             self.drops["duplicate"] += 1
             return DROP, "duplicate", None
         if kind == _DATA:
-            self.counters["delivered"] += 1
+            counters["delivered"] += 1
             return DELIVER, payload, peer
         if kind == _PROBE:
             self.counters["probes_rx"] += 1

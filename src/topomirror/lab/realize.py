@@ -125,6 +125,37 @@ def _nft_script(plan: LabPlan, node: str, registry: LabRegistry) -> str:
     )
 
 
+def _segmentation(plan: LabPlan, registry: LabRegistry, ends: list[IfacePlan]) -> None:
+    """UDP segmentation offload per link end: off where the end's packets meet a loss rule.
+
+    Lab links are veths, which carry a UDP GSO super-datagram (a burst a node sent in one call)
+    whole, as virtual networks between VMs and containers do. A loss rule sees such a burst as
+    one packet, so an end whose packets are subject to loss segments on transmit instead (what
+    a physical NIC does): the peer's ingress rule then drops single datagrams.
+    """
+    from pyroute2.ethtool import Ethtool
+
+    by_namespace: dict[str, list[tuple[str, bool]]] = {}
+    for end in ends:
+        lossy = end_shaping(registry.links[end.link], end).loss > 0
+        by_namespace.setdefault(plan.nodes[end.node].namespace, []).append((end.name, not lossy))
+    for namespace, wanted in by_namespace.items():
+        netns.pushns(namespace)
+        try:
+            ethtool = Ethtool()
+            try:
+                for name, on in wanted:
+                    features = ethtool.get_features(name)
+                    feature = features.features.get("tx-udp-segmentation")
+                    if feature is not None and feature.enable != on:
+                        feature.enable = on
+                        ethtool.set_features(name, features)
+            finally:
+                ethtool.close()
+        finally:
+            netns.popns()
+
+
 def _apply_qdisc(handle: NetNS, iface: IfacePlan, shaping: EndShaping, *,
                  index: int | None = None, fresh: bool = False) -> None:
     if index is None:
@@ -208,6 +239,9 @@ def _deploy(plan: LabPlan, registry: LabRegistry, progress: Progress) -> None:
                 handle.route("add", dst=str(route.dst), gateway=str(route.gateway),
                              oif=index_of[route.dev])
     progress("forwarding and loss rules")
+    lossy = [i for n in plan.nodes.values() for i in n.ifaces.values()
+             if end_shaping(registry.links[i.link], i).loss > 0]
+    _segmentation(plan, registry, lossy)
     scripts = {}
     for node in plan.nodes.values():
         forward = 1 if plan.spec.nodes[node.name].forwards else 0
@@ -344,6 +378,7 @@ def set_link(spec: LabSpec, file: str, link_name: str, *, bw: str | int | None =
         ns = plan.nodes[end.node].namespace
         with NetNS(ns) as handle:
             _apply_qdisc(handle, end, end_shaping(state, end))
+    _segmentation(plan, registry, ends)
     _run_in_namespaces(
         {plan.nodes[e.node].namespace: f"nft -f - <<'EOF'\n{_nft_script(plan, e.node, registry)}EOF\n"
          for e in (link.a, link.b)},

@@ -40,6 +40,8 @@ class Listen(BaseModel):
     model_config = ConfigDict(extra="forbid")
     address: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
     port: int = Field(default=4789, ge=1, le=65535)
+    gso: bool = Field(default=True, description="send bursts with UDP segmentation offload (one call per burst)")
+    gro: bool = Field(default=True, description="receive coalesced bursts (UDP_GRO) where the kernel offers them")
 
 
 class Overlay(BaseModel):

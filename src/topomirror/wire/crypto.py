@@ -22,8 +22,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from topomirror.wire.header import HEADER_SIZE, TAG_SIZE, Header
 
 KEY_SIZE = 32
-_NONCE_PREFIX = struct.Struct("!HHB")  # sender, epoch, path id; then 7 bytes of sequence = 12
-_SEQ_MASK = 2**56 - 1  # a sender rekeys (new epoch) long before 2^56 packets
+# sender (2) | epoch (2) | path id (1) | low 7 bytes of the sequence: the last 8 bytes packed as
+# one u64 so the data plane builds a nonce with a single struct call.
+NONCE = struct.Struct("!HHQ")
+SEQ_MASK = 2**56 - 1  # a sender rekeys (new epoch) long before 2^56 packets
 
 
 class KeyError_(ValueError):
@@ -61,10 +63,12 @@ def derive(pair_key: bytes, sender: int, epoch: int) -> AESGCM:
     return AESGCM(material)
 
 
-def nonce(header: Header) -> bytes:
-    return _NONCE_PREFIX.pack(header.sender, header.epoch, header.path_id) + \
-        (header.seq & _SEQ_MASK).to_bytes(7, "big")
+def pack_nonce(sender: int, epoch: int, path_id: int, seq: int) -> bytes:
+    return NONCE.pack(sender, epoch, (path_id << 56) | (seq & SEQ_MASK))
 
+
+def nonce(header: Header) -> bytes:
+    return pack_nonce(header.sender, header.epoch, header.path_id, header.seq)
 
 
 def seal(aead: AESGCM, header: Header, payload: bytes) -> bytes:

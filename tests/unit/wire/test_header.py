@@ -129,7 +129,8 @@ def test_time_diff_wraps(start: int, delta: int) -> None:
 
 
 @given(headers)
-def test_nonce_is_a_slice_of_the_packed_header(header: Header) -> None:
-    """The data plane builds nonces from header bytes; they must equal the documented layout."""
+def test_nonce_layout(header: Header) -> None:
+    """sender | epoch | path id | low 7 bytes of seq: the same bytes as in the packed header."""
     head = header.pack()
-    assert head[4:8] + head[1:2] + head[9:16] == nonce(header)
+    assert nonce(header) == head[4:8] + head[1:2] + head[9:16]
+    assert len(nonce(header)) == 12
