@@ -36,6 +36,10 @@ class _NodeCollector:
         flows = GaugeMetricFamily("topomirror_flows", "Flows in the flow table")
         flows.add_metric([], len(self.node.flows))
         yield flows
+        # Flow ids are assigned once per new flow: the rate of new-flow decisions (`bench flows`).
+        created = CounterMetricFamily("topomirror_flows_created", "New flows decided (flow ids assigned)")
+        created.add_metric([], self.node._flow_ids)
+        yield created
         wins = CounterMetricFamily("topomirror_path_packets", "Packets received per sender and path",
                                    labels=["sender", "path", "outcome"])
         owd = GaugeMetricFamily("topomirror_path_owd_us", "Relative one-way delay of the last packet",

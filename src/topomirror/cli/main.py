@@ -743,6 +743,36 @@ def bench_dataplane(
     console.print(f"saved {path}")
 
 
+@bench_app.command("flows")
+@_guard
+def bench_flows(
+    rate: Annotated[int, typer.Option(help="new flows per second offered")] = 5000,
+    seconds: Annotated[float, typer.Option(help="seconds per iperf3 run")] = 5.0,
+    repetitions: Annotated[int, typer.Option(help="baseline / with-flows pairs")] = 3,
+    quick: Annotated[bool, typer.Option("--quick", help="one pair of 3 s runs")] = False,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="folder for the JSON result")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """New flows/s the node decides against TCP throughput through it (issue 5), side by side."""
+    from topomirror.benchmarks import flows
+
+    _need_root("bench flows")
+    with console.status("benchmarking new flows per second") as status:
+        results = flows.run(rate=rate, seconds=seconds, repetitions=repetitions, quick=quick,
+                            progress=status.update)
+    data = {"benchmark": "flows", "date": time.strftime("%Y-%m-%d"), **results}
+    path = _save_json(data, "flows", out_dir)
+    if json_out:
+        out.print_json(json.dumps(data))
+        return
+    table = Table("metric", "value")
+    for key in ("new_flows_per_s_offered", "new_flows_per_s_decided", "baseline_gbps", "with_flows_gbps",
+                "throughput_drop_pct", "analysis_dropped", "verdict"):
+        table.add_row(key, str(data[key]))
+    out.print(table)
+    console.print(f"saved {path}")
+
+
 @bench_app.command("planning")
 @_guard
 def bench_planning(

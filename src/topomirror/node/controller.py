@@ -67,6 +67,9 @@ class ControllerSettings:
     session_burst_bytes: int = 256 * 1024
     horizon_ms: float = 100.0
     warmup_reports: int = 30  # the predictor's forecasts count once it has seen this many reports
+    # Flows no policy would mirror are only checked for idleness this often, not every tick: at
+    # thousands of new flows/s, looking at each of them every 20 ms is most of the node's CPU.
+    idle_sweep_s: float = 0.5
 
 
 @dataclass
@@ -128,6 +131,10 @@ class Controller:
         self.session_policy = session_policy or SessionPolicy()
         self.channels = ChannelAllocator(first=100)  # 1..99 are left to static targets
         self.flows: dict[int, FlowInfo] = {}
+        # The flows `tick` looks at every time: those the policy might mirror and those with a
+        # session. The others can only go idle, which the sweep every `idle_sweep_s` notices.
+        self.watched: dict[int, FlowInfo] = {}
+        self._next_sweep = 0.0
         self.sessions: dict[int, MirrorSession] = {}
         self.session_flow: dict[int, int] = {}
         self.paths: dict[str, PeerPath] = {}
@@ -179,6 +186,7 @@ class Controller:
         classification = self.classifier.classify(Metadata(dscp=key.dscp), key)
         info.traffic_class, info.class_reason = str(classification.flow_class), classification.reason
         self.flows[flow_id] = info
+        self._rewatch(info)
         self.paths.setdefault(peer, PeerPath(peer))
         self._decide(f"flow:{key}", "new_flow", f"class {info.traffic_class}: {info.class_reason}",
                      peer=peer, policy=str(self.settings.policy))
@@ -197,6 +205,7 @@ class Controller:
         if self.settings.policy is Policy.PREDICTIVE:
             classification = self.classifier.classify(metadata, info.key)
             info.traffic_class, info.class_reason = str(classification.flow_class), classification.reason
+            self._rewatch(info)
             self._decide(f"flow:{info.key}", "classified", f"class {info.traffic_class}: {info.class_reason}")
         announced = metadata.announced_bytes or 0
         if announced < self.settings.announce_min_bytes or self.graph is None:
@@ -363,15 +372,43 @@ class Controller:
                           DecisionConfig(mirror_threshold=self.settings.probability_threshold))
         return decision.mirror, decision.reason
 
+    def might_mirror(self, info: FlowInfo) -> bool:
+        """False when `_wants_mirror` says no whatever the paths do (it depends on the class only)."""
+        policy = self.settings.policy
+        if policy in (Policy.OFF, Policy.STATIC):
+            return False
+        if policy is Policy.ALWAYS or info.restored_reason is not None:
+            return True
+        return info.traffic_class == "latency_sensitive"
+
+    def _rewatch(self, info: FlowInfo) -> None:
+        if info.session_id is not None or self.might_mirror(info):
+            self.watched[info.flow_id] = info
+        else:
+            self.watched.pop(info.flow_id, None)
+
+    def flows_read_at(self, now: float) -> list[FlowInfo]:
+        """The flows whose `last_seen` the tick at `now` reads (the caller refreshes them first)."""
+        return list(self.flows.values()) if now >= self._next_sweep else list(self.watched.values())
+
     def tick(self, now: float) -> list[Action]:
         actions: list[Action] = []
-        for info in list(self.flows.values()):
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.settings.idle_sweep_s
+            for info in [i for i in self.flows.values() if i.flow_id not in self.watched]:
+                if now - info.last_seen > self.settings.flow_idle_s:
+                    del self.flows[info.flow_id]
+        for info in list(self.watched.values()):
             idle = now - info.last_seen > self.settings.flow_idle_s
             live = info.session_id is not None and info.session_id in self.sessions
             if idle:
                 if live:
                     self._withdraw(info.session_id, "flow idle", now)  # type: ignore[arg-type]
                 del self.flows[info.flow_id]
+                del self.watched[info.flow_id]
+                continue
+            if not live and not self.might_mirror(info):
+                del self.watched[info.flow_id]  # its session ended: back to the idle sweep
                 continue
             want, reason = self._wants_mirror(info, now)
             if want and not live and now >= info.rearm_after:
@@ -399,6 +436,7 @@ class Controller:
         self.sessions[session_id] = opened
         self.session_flow[session_id] = info.flow_id
         info.session_id = session_id
+        self.watched[info.flow_id] = info
         self._decide(f"flow:{info.key}", "mirror", reason, session=session_id)
         result = plan_mirror(request, self.graph, self._forecast_links(now), now=now)
         if isinstance(result, NoPlan):

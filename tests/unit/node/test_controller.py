@@ -141,3 +141,34 @@ def test_a_warm_forecast_above_threshold_opens_a_session_with_the_reason() -> No
     assert [a for a in actions if isinstance(a, StartDuplication)]
     [session] = ctl.sessions.values()
     assert "congests within 100 ms with p=0.90 (model)" in session.request.reason
+
+
+def test_tick_watches_only_flows_the_policy_might_mirror_and_sweeps_the_rest() -> None:
+    ctl = controller(Policy.PREDICTIVE)
+    for flow_id in range(1, 1001):  # unknown class: no policy check can say yes
+        ctl.new_flow(flow_id, FlowKey("172.16.3.1", "172.16.1.1", 17, 1024 + flow_id, 20000), "h1", 0.0)
+    ctl.new_flow(5000, RPC, "h1", 0.0)
+    assert set(ctl.watched) == {5000}
+    assert len(ctl.flows_read_at(0.0)) == 1001, "the first tick is a sweep: it reads every flow"
+    ctl.tick(0.0)
+    assert [i.flow_id for i in ctl.flows_read_at(0.1)] == [5000], "between sweeps only the watched flow"
+    # Metadata that makes a flow latency-sensitive puts it under watch; idle flows go at the next sweep.
+    ctl.flow_metadata(7, Metadata(app_protocol="dns", dns_qname="example.org"), 0.5)
+    assert set(ctl.watched) == {5000, 7}
+    ctl.flows[5000].last_seen = ctl.flows[7].last_seen = 2.9
+    ctl.tick(1.9)
+    assert len(ctl.flows) == 1001, "not idle for flow_idle_s yet"
+    ctl.tick(2.6)
+    assert set(ctl.flows) == {5000, 7}, "idle unwatched flows were swept"
+    ctl.tick(5.0)
+    assert ctl.flows == {} and ctl.watched == {}, "idle watched flows leave at once"
+
+
+def test_might_mirror_follows_the_policy() -> None:
+    udp = FlowKey("172.16.3.1", "172.16.1.1", 17, 5000, 5001)
+    for policy, expected in ((Policy.OFF, set()), (Policy.ALWAYS, {1, 2}), (Policy.REACTIVE, {2}),
+                             (Policy.PREDICTIVE, {2})):
+        ctl = controller(policy)
+        ctl.new_flow(1, udp, "h1", 0.0)
+        ctl.new_flow(2, RPC, "h1", 0.0)
+        assert set(ctl.watched) == expected, policy
