@@ -1,8 +1,9 @@
 """The node daemon: wires config, TUN, UDP socket, the data-plane engine, timers and the API.
 
 I/O is done here and only here. Reads are drained in batches per wake-up (`_on_tun`,
-`_on_udp`), so replacing them with GRO/GSO super-packets or recvmmsg later changes these two
-functions and nothing in the engine.
+`_on_udp`); what a batch produces leaves in one burst through `dataplane.batch.UdpIO` (UDP GSO:
+one send call per run of equal-sized datagrams to one address; UDP GRO: one receive call per
+coalesced burst). The engine sees single datagrams either way.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from topomirror.dataplane.batch import UdpIO
 from topomirror.dataplane.engine import (
     CONTROL,
     DELIVER,
@@ -136,7 +138,6 @@ class Node:
                 for i, relay in enumerate(relays)
             ]
             self.targets[name] = MirrorTarget(name, peer, route, installs)
-        self.tx_errors: dict[str, int] = {}
         self._request_ids = 0
         self._flow_ids = 0
         self.flows_by_id: dict[int, FlowEntry] = {}
@@ -162,6 +163,7 @@ class Node:
                     log.info("restored the model and %d protected flows from %s", resumed, self.store.path)
         self.tun_fd: int | None = None
         self.sock: socket.socket | None = None
+        self.udp: UdpIO | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._monotonic = time.monotonic
@@ -202,27 +204,29 @@ class Node:
         entry = FlowEntry(self._flow_ids, str(key), peer, decision, mirror, now, now)
         self.flows[raw] = entry
         self.flows_by_id[entry.flow_id] = entry
-        log.info("new flow %s: %s", key, decision.reason)
+        # Thousands of new flows/s are a rate (topomirror_flows_created on /metrics), not log lines.
+        log.debug("new flow %s: %s", key, decision.reason)
         return entry
 
     def _on_tun(self) -> None:
-        assert self.tun_fd is not None and self.sock is not None
+        assert self.tun_fd is not None and self.udp is not None
         now, now_us = self._now()
-        sendto = self.sock.sendto
         engine = self.engine
+        read, tun_fd, flows, tun_mtu = os.read, self.tun_fd, self.flows, self.tun_mtu
+        out: list[tuple[bytes, tuple[str, int]]] = []
         for _ in range(BATCH):
             try:
-                packet = os.read(self.tun_fd, 65535)
+                packet = read(tun_fd, 65535)
             except BlockingIOError:
-                return
-            if len(packet) > self.tun_mtu:
+                break
+            if len(packet) > tun_mtu:
                 engine.drops["oversize"] += 1
                 continue
             raw = flow_bytes(packet)
             if raw is None:
                 engine.drops["not_ipv4"] += 1
                 continue
-            flow = self.flows.get(raw)
+            flow = flows.get(raw)
             if flow is None:
                 flow = self._new_flow(raw, packet, now)
             flow.packets += 1
@@ -253,51 +257,61 @@ class Node:
                     flow.copies_denied += 1
             if self.controller is not None:
                 self.budget.record_original(len(packet))
-            for datagram, address in engine.encapsulate(peer, routes, packet, now, now_us):
-                self._send(sendto, datagram, address)
+            out.extend(engine.encapsulate(peer, routes, packet, now, now_us))
+        if out:
+            self._send_all(out)
 
-    def _send(self, sendto, datagram: bytes, address: tuple[str, int]) -> None:  # type: ignore[no-untyped-def]
-        try:
-            sendto(datagram, address)
-        except OSError as exc:
-            reason = errno.errorcode.get(exc.errno or 0, "error").lower()
-            self.tx_errors[reason] = self.tx_errors.get(reason, 0) + 1
-            if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+    def _send_all(self, items: list[tuple[bytes, tuple[str, int]]]) -> None:
+        """Send a burst (one GSO call per run of equal-sized datagrams to one address)."""
+        assert self.udp is not None
+        for code in self.udp.send(items):
+            if code in (errno.ENETUNREACH, errno.EHOSTUNREACH):
                 self.engine.drops["no_route"] += 1
+
+    def _send(self, datagram: bytes, address: tuple[str, int]) -> None:
+        self._send_all([(datagram, address)])
+
+    @property
+    def tx_errors(self) -> dict[str, int]:
+        return self.udp.errors if self.udp is not None else {}
 
     # -- packet path: peers -> TUN / relay -------------------------------------------------
     def _on_udp(self) -> None:
-        assert self.sock is not None
+        assert self.udp is not None
         now, now_us = self._now()
-        recv = self.sock.recvfrom
-        sendto = self.sock.sendto
+        recv = self.udp.recv
         receive = self.engine.receive
         tun_fd = self.tun_fd
+        write = os.write
+        out: list[tuple[bytes, tuple[str, int]]] = []
         for _ in range(BATCH):
             try:
-                datagram, _addr = recv(65535)
+                datagrams = recv()
             except BlockingIOError:
-                return
-            kind, value, extra = receive(datagram, now, now_us)
-            if kind == DELIVER:
-                if tun_fd is not None:
-                    try:
-                        os.write(tun_fd, value)  # type: ignore[arg-type]
-                    except OSError:
-                        self.engine.drops["malformed"] += 1
-            elif kind == FORWARD:
-                self._send(sendto, value, extra)  # type: ignore[arg-type]
-            elif kind == FEEDBACK:
-                assert isinstance(extra, PeerLink) and isinstance(value, Feedback)
-                extra.history.add(now, value)
-                if self.controller is not None:
-                    self.controller.feedback(extra.name, value.paths, now)
-                if self.store is not None:
-                    for report in value.paths:
-                        self.store.telemetry(extra.name, report.path_id, asdict(report))
-            elif kind == CONTROL:
-                assert isinstance(extra, PeerLink) and isinstance(value, Control)
-                self._on_control(extra, value, now, now_us)
+                break
+            for datagram in datagrams:
+                kind, value, extra = receive(datagram, now, now_us)
+                if kind == DELIVER:
+                    if tun_fd is not None:
+                        try:
+                            write(tun_fd, value)  # type: ignore[arg-type]
+                        except OSError:
+                            self.engine.drops["malformed"] += 1
+                elif kind == FORWARD:
+                    out.append((value, extra))  # type: ignore[arg-type]
+                elif kind == FEEDBACK:
+                    assert isinstance(extra, PeerLink) and isinstance(value, Feedback)
+                    extra.history.add(now, value)
+                    if self.controller is not None:
+                        self.controller.feedback(extra.name, value.paths, now)
+                    if self.store is not None:
+                        for report in value.paths:
+                            self.store.telemetry(extra.name, report.path_id, asdict(report))
+                elif kind == CONTROL:
+                    assert isinstance(extra, PeerLink) and isinstance(value, Control)
+                    self._on_control(extra, value, now, now_us)
+        if out:
+            self._send_all(out)
 
     def _on_control(self, peer: PeerLink, message: Control, now: float, now_us: int) -> None:
         if message.op == "vc_install":
@@ -335,7 +349,7 @@ class Node:
             return
         for datagram, address in self.engine.message(peer, MessageType.CONTROL, reply,
                                                       self.engine.routes_to(peer)[:1], now, now_us):
-            self._send(self.sock.sendto, datagram, address)  # type: ignore[union-attr]
+            self._send(datagram, address)
 
     # -- timers ----------------------------------------------------------------------------
     def _refresh_targets(self, now: float) -> None:
@@ -363,15 +377,16 @@ class Node:
                                   f"{install.next_hop[0]}:{install.next_hop[1]}", lease_ms)
                 for datagram, address in self.engine.message(install.relay, MessageType.CONTROL, request,
                                                               [install.relay.standard], now, now_us):
-                    self._send(self.sock.sendto, datagram, address)
+                    self._send(datagram, address)
         self._refresh_targets(now)
         self.engine.expire_vcs(now)
 
     def _feedback_tick(self) -> None:
         assert self.sock is not None
         now, now_us = self._now()
-        for datagram, address in self.engine.feedback_messages(self.config.timers.feedback_ms, now, now_us):
-            self._send(self.sock.sendto, datagram, address)
+        messages = self.engine.feedback_messages(self.config.timers.feedback_ms, now, now_us)
+        if messages:
+            self._send_all(messages)
 
     def _probe_tick(self) -> None:
         assert self.sock is not None
@@ -385,7 +400,7 @@ class Node:
                     self.probes_sent += 1
                     for datagram, address in self.engine.message(peer, MessageType.PROBE, Probe(self.probes_sent),
                                                                   [route], now, now_us):
-                        self._send(self.sock.sendto, datagram, address)
+                        self._send(datagram, address)
 
     def _analysis_tick(self) -> None:
         """Metadata of first packets, off the packet path."""
@@ -410,7 +425,7 @@ class Node:
             message = Control("announce", 0, 0, lease_ms=announce.duration_ms, detail=detail)
             for datagram, address in self.engine.message(peer, MessageType.CONTROL, message,
                                                           self.engine.routes_to(peer), now, now_us):
-                self._send(self.sock.sendto, datagram, address)  # type: ignore[union-attr]
+                self._send(datagram, address)
 
     def _controller_tick(self) -> None:
         from topomirror.topology.session import InstallVC, RemoveVC, RenewVC, StartDuplication, StopDuplication
@@ -418,8 +433,10 @@ class Node:
         controller = self.controller
         assert controller is not None and self.sock is not None
         now, now_us = self._now()
-        for flow_id, info in list(controller.flows.items()):
-            entry = self.flows_by_id.get(flow_id)
+        # Only the flows this tick looks at (all of them at the controller's idle sweep).
+        flows_by_id = self.flows_by_id
+        for info in controller.flows_read_at(now):
+            entry = flows_by_id.get(info.flow_id)
             if entry is not None:
                 info.last_seen = entry.last_seen
         self._check_relays(now)
@@ -453,7 +470,9 @@ class Node:
                     if entry.session_id == action.session_id or entry.flow_id == flow_id:
                         entry.mirror, entry.bucket, entry.session_id = None, None, None
         for decision in controller.take_decisions():
-            log.info("%s %s: %s", decision.subject, decision.kind, decision.reason)
+            # One new_flow decision per flow: stored for `explain`, logged only at debug level.
+            level = logging.DEBUG if decision.kind == "new_flow" else logging.INFO
+            log.log(level, "%s %s: %s", decision.subject, decision.kind, decision.reason)
             if self.store is not None:
                 self.store.decision(decision.subject, decision.kind, decision.reason, **decision.detail)
             if decision.kind == "session_state" and self.store is not None:
@@ -490,7 +509,7 @@ class Node:
             self.relay_waiting.setdefault(relay.name, now)
         for datagram, address in self.engine.message(relay, MessageType.CONTROL, request, [relay.standard],
                                                       now, now_us):
-            self._send(self.sock.sendto, datagram, address)  # type: ignore[union-attr]
+            self._send(datagram, address)
 
     def _start_duplication(self, action, now: float) -> None:  # type: ignore[no-untyped-def]
         from topomirror.node.controller import Controller
@@ -549,6 +568,7 @@ class Node:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         self.sock.bind((str(config.listen.address), config.listen.port))
         self.sock.setblocking(False)
+        self.udp = UdpIO(self.sock, gso=config.listen.gso, gro=config.listen.gro)
         if config.overlay is not None:
             from topomirror.dataplane.tun import configure_tun, open_tun
 
@@ -616,6 +636,8 @@ class Node:
             "relay_vcs": len(self.engine.vcs), "probes_sent": self.probes_sent,
             "policy": self.config.adaptive.policy, "analysis_dropped": self.analysis_dropped,
             "timer_errors": self.timer_errors,
+            "io": {**(self.udp.stats if self.udp else {}), "gso": bool(self.udp and self.udp.gso),
+                   "gro": bool(self.udp and self.udp.gro)},
             "sessions_opened": self.controller.sessions_opened if self.controller else 0,
             "lead_times_ms": [round(x, 1) for x in self.controller.lead_times_ms] if self.controller else [],
             "bytes_original": self.bytes_original, "bytes_extra": self.bytes_extra,
