@@ -23,6 +23,8 @@ Address = tuple[str, int]
 SOL_UDP = getattr(socket, "SOL_UDP", 17)
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 UDP_GRO = getattr(socket, "UDP_GRO", 104)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; the cmsg carries a struct timespec
+_TIMESPEC = struct.Struct("=qq")
 MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS is 64 on older kernels, 128 on newer
 MAX_SUPER = 65_000  # payload bytes of one super-datagram (below 65,535 minus IP and UDP headers)
 _U16 = struct.Struct("=H")
@@ -68,10 +70,12 @@ def split_gro(data: bytes, segment: int | None) -> list[bytes]:
 class UdpIO:
     """The node's underlay socket with batched send and receive; counts send errors by reason."""
 
-    def __init__(self, sock: socket.socket, *, gso: bool = True, gro: bool = True) -> None:
+    def __init__(self, sock: socket.socket, *, gso: bool = True, gro: bool = True,
+                 timestamps: bool = True) -> None:
         self.sock = sock
         self.gso = gso
         self.gro = False
+        self.timestamps = False
         self.errors: dict[str, int] = {}
         self.stats = {"send_calls": 0, "datagrams_sent": 0, "recv_calls": 0, "datagrams_received": 0}
         if gro:
@@ -80,7 +84,14 @@ class UdpIO:
                 self.gro = True
             except OSError:
                 self.gro = False
-        self._cmsg_space = socket.CMSG_SPACE(_U16.size) if self.gro else 0
+        if timestamps:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                self.timestamps = True
+            except OSError:
+                self.timestamps = False
+        self._cmsg_space = ((socket.CMSG_SPACE(_U16.size) if self.gro else 0)
+                            + (socket.CMSG_SPACE(_TIMESPEC.size) if self.timestamps else 0))
 
     def _error(self, exc: OSError) -> int:
         reason = errno.errorcode.get(exc.errno or 0, "error").lower()
@@ -119,20 +130,24 @@ class UdpIO:
                     failed.append(self._error(exc))
         return failed
 
-    def recv(self) -> list[bytes]:
-        """One receive call: the datagrams it returns (several when the kernel coalesced them).
+    def recv(self) -> tuple[list[bytes], int | None]:
+        """One receive call: its datagrams (several when the kernel coalesced them) and the
+        kernel's arrival time in CLOCK_REALTIME nanoseconds (None without timestamps).
 
         Raises BlockingIOError when nothing is waiting.
         """
         self.stats["recv_calls"] += 1
-        if not self.gro:
-            datagrams = [self.sock.recv(65535)]
+        if not self._cmsg_space:
+            datagrams, stamp = [self.sock.recv(65535)], None
         else:
             data, ancillary, _flags, _addr = self.sock.recvmsg(65535, self._cmsg_space)
-            segment = None
+            segment = stamp = None
             for level, kind, value in ancillary:
                 if level == SOL_UDP and kind == UDP_GRO:
                     segment = _U16.unpack_from(value)[0]
+                elif level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
+                    seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+                    stamp = seconds * 1_000_000_000 + nanoseconds
             datagrams = split_gro(data, segment)
         self.stats["datagrams_received"] += len(datagrams)
-        return datagrams
+        return datagrams, stamp

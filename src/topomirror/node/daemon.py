@@ -284,13 +284,16 @@ class Node:
         tun_fd = self.tun_fd
         write = os.write
         out: list[tuple[bytes, tuple[str, int]]] = []
+        # Kernel arrival stamps are CLOCK_REALTIME; metering uses the monotonic clock.
+        offset_ns = time.monotonic_ns() - time.time_ns()
         for _ in range(BATCH):
             try:
-                datagrams = recv()
+                datagrams, stamp = recv()
             except BlockingIOError:
                 break
+            arrival_us = now_us if stamp is None else min(now_us, (stamp + offset_ns) // 1000)
             for datagram in datagrams:
-                kind, value, extra = receive(datagram, now, now_us)
+                kind, value, extra = receive(datagram, now, arrival_us)
                 if kind == DELIVER:
                     if tun_fd is not None:
                         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -56,9 +57,14 @@ def test_udpio_bursts_over_loopback_arrive_whole_and_in_order() -> None:
         payloads = [i.to_bytes(2, "big") * 600 for i in range(50)] + [b"tail"]
         assert sender.send([(p, rx.getsockname()) for p in payloads]) == []
         got: list[bytes] = []
+        stamps = []
         while len(got) < len(payloads):
-            got.extend(receiver.recv())
+            datagrams, stamp = receiver.recv()
+            got.extend(datagrams)
+            stamps.append(stamp)
         assert got == payloads
+        if receiver.timestamps:  # the kernel stamped each arrival, in the past, on the wall clock
+            assert all(s is not None and 0 < time.time_ns() - s < 5e9 for s in stamps)
         assert sender.stats["datagrams_sent"] == len(payloads)
         if sender.gso:  # this kernel segments: one call for the 50 equal datagrams and the tail
             assert sender.stats["send_calls"] == 1
