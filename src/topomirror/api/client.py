@@ -85,7 +85,9 @@ def render(view: str, data: Any, out: Console) -> None:
         if not data:
             out.print("no stored decision matches (is the node running with a state folder?)")
         for entry in data:
-            stamp = time.strftime("%H:%M:%S", time.localtime(entry["at"])) + f".{int(entry['at'] % 1 * 1000):03d}"
+            at = entry["at"]
+            stamp = ("now (live flow, no stored decision)" if at is None
+                     else time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at % 1 * 1000):03d}")
             out.print(f"{stamp} [bold]{entry['subject']}[/] {entry['kind']}: {entry['reason']}", highlight=False)
     elif view == "sessions":
         table = Table("session", "flow", "peer", "state", "relays", "lease s", "reason",

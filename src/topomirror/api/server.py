@@ -7,6 +7,7 @@ network namespace (the lab, tests) can reach.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -68,15 +69,18 @@ def build_app(node: Node) -> web.Application:
     async def status(_: web.Request) -> web.Response:
         return web.json_response(node.status())
 
-    async def flows(_: web.Request) -> web.Response:
-        return web.json_response(node.flows_view())
+    def _bounded(request: web.Request, name: str, default: int, high: int) -> int:
+        try:
+            return max(1, min(int(request.query.get(name, str(default))), high))
+        except ValueError:
+            raise web.HTTPBadRequest(text=json.dumps({"error": f"{name} must be an integer"}),
+                                     content_type="application/json") from None
+
+    async def flows(request: web.Request) -> web.Response:
+        return web.json_response(node.flows_view(_bounded(request, "limit", 1000, 1_000_000)))
 
     async def paths(request: web.Request) -> web.Response:
-        try:
-            last = max(1, min(int(request.query.get("last", "50")), 10_000))
-        except ValueError:
-            return web.json_response({"error": "last must be an integer"}, status=400)
-        return web.json_response(node.paths_view(last))
+        return web.json_response(node.paths_view(_bounded(request, "last", 50, 10_000)))
 
     async def sessions(_: web.Request) -> web.Response:
         return web.json_response(node.sessions_view())

@@ -443,9 +443,10 @@ def sessions_cmd(api: ApiOpt = None, lab: LabOpt = None, node: NodeOpt = None, t
 
 @app.command("flows")
 def flows_cmd(api: ApiOpt = None, lab: LabOpt = None, node: NodeOpt = None, token: TokenOpt = None,
-              json_out: JsonFlag = False) -> None:
+              json_out: JsonFlag = False,
+              limit: Annotated[int, typer.Option(min=1, help="show the N most recently active flows")] = 1000) -> None:
     """The node's flow table: class, mirror state and the reason for it."""
-    _node_view("flows", api, lab, node, token, json_out)
+    _node_view("flows", api, lab, node, token, json_out, query=f"?limit={limit}")
 
 
 @app.command("paths")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from socket import inet_ntoa
 
 TCP, UDP, ICMP = 6, 17, 1
 
@@ -43,8 +44,8 @@ def flow_key(packet: bytes) -> FlowKey | None:
     raw = flow_bytes(packet)
     if raw is None:
         return None
-    src = ".".join(str(b) for b in raw[1:5])
-    dst = ".".join(str(b) for b in raw[5:9])
+    src = inet_ntoa(raw[1:5])
+    dst = inet_ntoa(raw[5:9])
     sport = int.from_bytes(raw[9:11], "big") if len(raw) >= 13 else 0
     dport = int.from_bytes(raw[11:13], "big") if len(raw) >= 13 else 0
     return FlowKey(src, dst, raw[0], sport, dport, packet[1] >> 2)

@@ -126,6 +126,7 @@ class Node:
             for prefix in peer.prefixes:
                 self.prefixes.append((prefix, link))
         self.prefixes.sort(key=lambda item: -item[0].prefixlen)
+        self._prefix_ints = [(int(p.network_address), int(p.netmask), peer) for p, peer in self.prefixes]
         self.targets: dict[str, MirrorTarget] = {}
         for index, (name, target) in enumerate(config.targets.items(), start=1):
             peer = self.engine.peers_by_name[target.peer]
@@ -177,9 +178,10 @@ class Node:
 
     # -- packet path: TUN -> peers -----------------------------------------------------------
     def _lookup_peer(self, packet: bytes) -> PeerLink | None:
-        dst = ipaddress.IPv4Address(packet[16:20])
-        for prefix, peer in self.prefixes:
-            if dst in prefix:
+        """Longest prefix first (the list is sorted): integer compares, no address objects."""
+        dst = int.from_bytes(packet[16:20], "big")
+        for network, mask, peer in self._prefix_ints:
+            if dst & mask == network:
                 return peer
         return None
 
@@ -647,16 +649,37 @@ class Node:
         }
 
     def explain(self, subject: str) -> list[dict[str, object]]:
-        if self.store is None:
-            return []
-        self.store.flush()
-        return self.store.explain(subject)
+        """Stored decisions about `subject`; for a live flow nothing was stored about (one no
+        policy would mirror: see Controller.new_flow), what the flow table knows of it now."""
+        stored: list[dict[str, object]] = []
+        if self.store is not None:
+            self.store.flush()
+            stored = self.store.explain(subject)
+        if stored or subject.startswith("session"):
+            return stored
+        infos = self.controller.flows if self.controller is not None else {}
+        live = []
+        for entry in self.flows.values():
+            if subject in entry.key:
+                info = infos.get(entry.flow_id)
+                reason = f"class {info.traffic_class}: {info.class_reason}" if info else entry.decision.reason
+                live.append({"at": None, "subject": f"flow:{entry.key}", "kind": "live", "reason": reason,
+                             "detail": {"packets": entry.packets, "peer": entry.peer.name if entry.peer else None}})
+                if len(live) >= 100:
+                    break
+        return live
 
-    def flows_view(self) -> list[dict[str, object]]:
+    def flows_view(self, limit: int = 1000) -> list[dict[str, object]]:
+        """The `limit` most recently active flows, most recent first (a busy node has 100,000s)."""
+        import heapq
+
         now = self._monotonic()
         classes = {}
         if self.controller is not None:
-            classes = {fid: (i.traffic_class, i.class_reason) for fid, i in self.controller.flows.items()}
+            flows = self.controller.flows
+            classes = {fid: (flows[fid].traffic_class, flows[fid].class_reason)
+                       for fid in (f.flow_id for f in self.flows.values()) if fid in flows}
+        recent = heapq.nlargest(limit, self.flows.values(), key=lambda f: f.last_seen)
         return [
             {"flow": f.key, "peer": f.peer.name if f.peer else None, "mirror": f.decision.target,
              "mirror_active": bool(f.mirror and f.mirror.active), "reason": f.decision.reason,
@@ -664,7 +687,7 @@ class Node:
              "age_s": round(now - f.first_seen, 3), "idle_s": round(now - f.last_seen, 3),
              "session": f.session_id, "class": classes.get(f.flow_id, (None, None))[0],
              "class_reason": classes.get(f.flow_id, (None, None))[1], "copies_denied": f.copies_denied}
-            for f in self.flows.values()
+            for f in recent
         ]
 
     def paths_view(self, last: int = 50) -> dict[str, object]:

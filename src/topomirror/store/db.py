@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+_ENCODE = json.JSONEncoder(default=str).encode  # one encoder, not one per row
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -84,14 +86,14 @@ class Store:
     # -- queued writes --------------------------------------------------------------------
     def decision(self, subject: str, kind: str, reason: str, **detail: Any) -> None:
         self._pending.append(("INSERT INTO decisions(at, subject, kind, reason, detail) VALUES (?,?,?,?,?)",
-                              (self._clock(), subject, kind, reason, json.dumps(detail, default=str))))
+                              (self._clock(), subject, kind, reason, _ENCODE(detail))))
 
     def session(self, session_id: int, flow: str, peer: str, state: str, **detail: Any) -> None:
         self._pending.append((
             "INSERT INTO sessions(session_id, flow, peer, state, updated, detail) VALUES (?,?,?,?,?,?) "
             "ON CONFLICT(session_id) DO UPDATE SET state=excluded.state, updated=excluded.updated, "
             "detail=excluded.detail",
-            (session_id, flow, peer, state, self._clock(), json.dumps(detail, default=str))))
+            (session_id, flow, peer, state, self._clock(), _ENCODE(detail))))
 
     def telemetry(self, peer: str, path_id: int, report: dict[str, Any]) -> None:
         self._pending.append(("INSERT INTO telemetry(at, peer, path_id, report) VALUES (?,?,?,?)",
@@ -99,7 +101,7 @@ class Store:
 
     def put(self, key: str, value: Any) -> None:
         self._pending.append(("INSERT INTO kv(key, value) VALUES (?,?) ON CONFLICT(key) DO UPDATE SET "
-                              "value=excluded.value", (key, json.dumps(value, default=str))))
+                              "value=excluded.value", (key, _ENCODE(value))))
 
     def flush(self) -> int:
         if not self._pending:

@@ -172,3 +172,16 @@ def test_might_mirror_follows_the_policy() -> None:
         ctl.new_flow(1, udp, "h1", 0.0)
         ctl.new_flow(2, RPC, "h1", 0.0)
         assert set(ctl.watched) == expected, policy
+
+
+def test_only_flows_a_policy_might_mirror_become_stored_new_flow_decisions() -> None:
+    ctl = controller(Policy.PREDICTIVE)
+    ctl.new_flow(1, RPC, "h1", 0.0)  # latency-sensitive by rule: watched, its decision is stored
+    for port in range(2000, 2100):  # one-packet flows nobody would mirror: counted, not stored
+        ctl.new_flow(port, FlowKey("172.16.3.1", "172.16.1.1", 17, port, 9), "h1", 0.0)
+    decisions = [d for d in ctl.take_decisions() if d.kind == "new_flow"]
+    assert [d.subject for d in decisions] == [f"flow:{RPC}"]
+    assert ctl.unwatched_new_flows == 100
+    always = controller(Policy.ALWAYS)  # under `always` every flow might be mirrored
+    always.new_flow(7, FlowKey("172.16.3.1", "172.16.1.1", 17, 5, 9), "h1", 0.0)
+    assert [d.kind for d in always.take_decisions()] == ["new_flow"]

@@ -1,0 +1,50 @@
+"""The node's views of a large flow table, without sockets: a Node built from a lab's config."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from topomirror.dataplane.packet import flow_bytes
+from topomirror.lab.plan import compile_lab
+from topomirror.lab.registry import LabRegistry
+from topomirror.lab.spec import load_lab
+from topomirror.node.config import load_config
+from topomirror.node.daemon import Node
+from topomirror.node.launch import generate_configs
+
+DIAMOND = Path(__file__).parents[3] / "examples" / "labs" / "diamond-mirror.yaml"
+
+
+def _udp(sport: int, dport: int) -> bytes:
+    head = bytes([0x45, 0, 0, 60, 0, 0, 0, 0, 64, 17, 0, 0, 172, 16, 1, 1, 172, 16, 2, 1])
+    return head + struct.pack("!HHHH", sport, dport, 40, 0) + bytes(32)
+
+
+@pytest.fixture
+def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Node:
+    monkeypatch.setenv("TOPOMIRROR_RUN_DIR", str(tmp_path))
+    spec = load_lab(DIAMOND)
+    registry = LabRegistry(lab=spec.name, file=str(DIAMOND), deployed_at=0.0)
+    registry.folder.mkdir(parents=True)
+    configs = generate_configs(compile_lab(spec), registry)
+    node = Node(load_config(configs["h1"]))
+    yield node
+    if node.store is not None:
+        node.store.close()
+
+
+def test_flows_view_is_the_most_recent_flows_and_explain_falls_back_to_the_live_table(node: Node) -> None:
+    for i in range(300):
+        packet = _udp(10_000 + i, 9)
+        node._new_flow(flow_bytes(packet), packet, float(i))  # type: ignore[arg-type]
+    view = node.flows_view(limit=5)
+    assert [f["flow"] for f in view] == [f"udp 172.16.1.1:{10_000 + i} -> 172.16.2.1:9"
+                                         for i in range(299, 294, -1)]
+    assert all(f["peer"] == "h2" and f["class"] == "unknown" for f in view)
+    # Flows no policy would mirror leave no stored decision; explain still says what is known.
+    [entry] = node.explain("udp 172.16.1.1:10007 ")
+    assert entry["kind"] == "live" and "class unknown" in str(entry["reason"])
+    assert node.explain("session:99") == []
