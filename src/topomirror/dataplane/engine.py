@@ -45,7 +45,7 @@ _U32_MASK = U32 - 1
 _NEW, _DUPLICATE, _REPLAY, _TOO_OLD = Verdict.NEW, Verdict.DUPLICATE, Verdict.REPLAY, Verdict.TOO_OLD
 
 # receive() results: (kind, value, extra)
-DELIVER, FORWARD, FEEDBACK, CONTROL, CONSUMED, DROP = range(6)
+DELIVER, FORWARD, FEEDBACK, CONTROL, CONSUMED, DROP, LATER = range(7)
 
 
 @dataclass(slots=True)
@@ -197,8 +197,15 @@ class Engine:
             aead = peer.rx_aeads[epoch] = derive(peer.key, peer.id, epoch)
         return aead
 
-    def receive(self, datagram: bytes, now: float, now_us: int) -> tuple[int, object, object]:
-        """One datagram in; what to do with it out. The hot path: no objects beyond the payload."""
+    def receive(self, datagram: bytes, now: float, now_us: int, *,
+                later: bool = False) -> tuple[int, object, object]:
+        """One datagram in; what to do with it out. The hot path: no objects beyond the payload.
+
+        With `later`, the expected second copy of a packet already delivered comes back as
+        (LATER, None, None), untouched and uncounted: the caller delivers the rest of its burst
+        first and hands the copy in again afterwards (it is still authenticated and measured, at
+        its own arrival time, but no first copy waits behind its decryption).
+        """
         counters = self.counters
         counters["rx_datagrams"] += 1
         if len(datagram) < HEADER_SIZE + TAG_SIZE or datagram[0] >> 4 != VERSION:
@@ -235,6 +242,9 @@ class Engine:
             if verdict is _TOO_OLD:
                 self.drops["too_old"] += 1
                 return DROP, "too_old", None
+            if later and verdict is _DUPLICATE:
+                counters["rx_datagrams"] -= 1  # counted when it comes back
+                return LATER, None, None
         aead = peer.rx_aeads.get(epoch) or self._aead_for(peer, epoch)
         view = memoryview(datagram)
         try:

@@ -29,6 +29,7 @@ from topomirror.dataplane.engine import (
     DELIVER,
     FEEDBACK,
     FORWARD,
+    LATER,
     Engine,
     PathRoute,
     PeerLink,
@@ -286,6 +287,7 @@ class Node:
         tun_fd = self.tun_fd
         write = os.write
         out: list[tuple[bytes, tuple[str, int]]] = []
+        later: list[tuple[bytes, int]] = []  # second copies: measured once the burst is delivered
         # Kernel arrival stamps are CLOCK_REALTIME; metering uses the monotonic clock.
         offset_ns = time.monotonic_ns() - time.time_ns()
         for _ in range(BATCH):
@@ -295,8 +297,10 @@ class Node:
                 break
             arrival_us = now_us if stamp is None else min(now_us, (stamp + offset_ns) // 1000)
             for datagram in datagrams:
-                kind, value, extra = receive(datagram, now, arrival_us)
-                if kind == DELIVER:
+                kind, value, extra = receive(datagram, now, arrival_us, later=True)
+                if kind == LATER:
+                    later.append((datagram, arrival_us))
+                elif kind == DELIVER:
                     if tun_fd is not None:
                         try:
                             write(tun_fd, value)  # type: ignore[arg-type]
@@ -315,6 +319,8 @@ class Node:
                 elif kind == CONTROL:
                     assert isinstance(extra, PeerLink) and isinstance(value, Control)
                     self._on_control(extra, value, now, now_us)
+        for datagram, arrival_us in later:
+            receive(datagram, now, arrival_us)  # a duplicate: authenticated, measured, dropped
         if out:
             self._send_all(out)
 

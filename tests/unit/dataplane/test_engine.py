@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import os
 
-from topomirror.dataplane.engine import CONSUMED, CONTROL, DELIVER, DROP, FEEDBACK, FORWARD, Engine, PathRoute
+from topomirror.dataplane.engine import (
+    CONSUMED,
+    CONTROL,
+    DELIVER,
+    DROP,
+    FEEDBACK,
+    FORWARD,
+    LATER,
+    Engine,
+    PathRoute,
+)
 from topomirror.wire.header import MessageType
 from topomirror.wire.messages import Control, Probe
 
@@ -38,6 +48,21 @@ def test_first_copy_wins_and_mirror_copy_is_a_duplicate() -> None:
     # per-path measurement saw both copies; path 0 won
     meters = b.peers[1].meters.meters  # type: ignore[union-attr]
     assert (meters[0].total_wins, meters[1].total_wins, meters[1].total_packets) == (1, 0, 1)
+
+
+def test_second_copy_can_wait_until_the_burst_is_delivered() -> None:
+    a, b, _r = build()
+    peer = a.peers[2]
+    copies = [a.encapsulate(peer, a.routes_to(peer), f"p{i}".encode(), 1.0, 1_000_000 + i) for i in range(3)]
+    burst = [d for pair in copies for d, _ in pair]  # std, mirror, std, mirror, ...
+    results = [b.receive(d, 1.0, 1_000_100, later=True) for d in burst]
+    assert [k for k, *_ in results] == [DELIVER, LATER] * 3
+    assert b.counters["rx_datagrams"] == 3 and b.drops["duplicate"] == 0  # untouched so far
+    assert [b.receive(d, 1.0, 1_000_100)[:2] for d in burst[1::2]] == [(DROP, "duplicate")] * 3
+    meters = b.peers[1].meters.meters  # type: ignore[union-attr]
+    assert (meters[1].total_packets, meters[1].total_wins, b.counters["rx_datagrams"]) == (3, 0, 6)
+    # Handed in again, a copy that was measured is a replay on its path, deferred or not.
+    assert b.receive(burst[1], 1.0, 1_000_200, later=True)[:2] == (DROP, "replay")
 
 
 def test_mirror_copy_delivers_when_the_standard_copy_is_lost() -> None:
