@@ -8,6 +8,7 @@ telemetry and in the node (fed from FEEDBACK reports).
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 # Features that come from application metadata (announced bulk transfers). Dropping them is the
@@ -18,6 +19,8 @@ METADATA_FEATURES: tuple[str, ...] = (
     "announced_active_log",
     "announced_active_load",
     "announced_pending_quiet",
+    "announced_fresh_log",
+    "announced_fresh_quiet",
 )
 
 NETWORK_FEATURES: tuple[str, ...] = (
@@ -91,6 +94,10 @@ class PathFeatureExtractor:
         self._utilisation_ewma = 0.0
         self._utilisation_gradient = 0.0
         self._last_congested_ms: float | None = None
+        # (time, bytes) of each rise of the announced bytes within the last horizon: a transfer
+        # announced moments ago has not filled the queue yet, one announced seconds ago has.
+        self._last_announced = 0
+        self._fresh: deque[tuple[float, int]] = deque()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -156,6 +163,14 @@ class PathFeatureExtractor:
     def _metadata_features(self, sample: PathTelemetry) -> dict[str, float]:
         pending = float(max(0, sample.announced_pending_bytes))
         active = float(max(0, sample.announced_active_bytes))
+        announced = int(pending + active)
+        if announced > self._last_announced:
+            self._fresh.append((sample.time_ms, announced - self._last_announced))
+        self._last_announced = announced
+        while self._fresh and self._fresh[0][0] < sample.time_ms - self.config.horizon_ms:
+            self._fresh.popleft()
+        fresh_log = math.log1p(sum(n for _, n in self._fresh) / 1e5)
+        quiet = 0.0 if sample.queue_delay_ms > self.config.threshold_ms else 1.0
         if sample.capacity_bps:
             # Load the announced bytes put on the path within the horizon: 1.0 fills it alone.
             budget_bytes = sample.capacity_bps / 8.0 * self.config.horizon_ms / 1000.0
@@ -170,8 +185,10 @@ class PathFeatureExtractor:
             "announced_active_load": active_load,
             # A linear model cannot form "bulk coming AND path quiet now" by itself; that is the
             # case where metadata adds lead time, so give it the product.
-            "announced_pending_quiet": math.log1p(pending / 1e5) * (0.0 if sample.queue_delay_ms
-                                                                     > self.config.threshold_ms else 1.0),
+            "announced_pending_quiet": math.log1p(pending / 1e5) * quiet,
+            # Bytes announced within the last horizon (new transfers), and the same on a quiet path.
+            "announced_fresh_log": fresh_log,
+            "announced_fresh_quiet": fresh_log * quiet,
         }
 
 

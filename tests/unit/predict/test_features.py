@@ -104,3 +104,15 @@ def test_paths_keep_separate_state_and_time_must_not_go_back() -> None:
     assert quiet["delay_ewma_fast"] == pytest.approx(0.0)
     with pytest.raises(ValueError, match="back in time"):
         extractor.update(_sample(50.0, 0.0, path="busy"))
+
+
+def test_fresh_announcement_counts_only_bytes_announced_within_the_horizon() -> None:
+    extractor = PathFeatureExtractor(FeatureConfig(horizon_ms=100.0, threshold_ms=5.0))
+    extractor.update(_sample(0.0, 0.5))
+    fresh = extractor.update(_sample(50.0, 0.5, announced_pending_bytes=4_000_000))
+    assert fresh["announced_fresh_log"] == pytest.approx(math.log1p(40.0))
+    assert fresh["announced_fresh_quiet"] == fresh["announced_fresh_log"]  # the path is quiet
+    # Still announced 200 ms later, but no longer new: only the pending features keep it.
+    later = extractor.update(_sample(250.0, 8.0, announced_pending_bytes=4_000_000))
+    assert later["announced_fresh_log"] == 0.0
+    assert later["announced_pending_log"] > 0
