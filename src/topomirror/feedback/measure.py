@@ -1,8 +1,11 @@
 """Per-path measurement at the destination (pure: arrival times are passed in).
 
 One `PathMeter` per (sender, path). One-way delay is reported relative to the smallest
-(arrival - send) ever seen on that path, because the two hosts' clocks differ by an unknown
+(arrival - send) seen on that path recently, because the two hosts' clocks differ by an unknown
 offset: what remains is queueing and path change, as delay-based congestion control sees it.
+"Recently" is LEDBAT's base delay history (RFC 6817 §3.4.2): the minimum of each of the last
+`BASE_BUCKETS` minutes, so clock drift or one mis-stamped sample cannot skew the base for good,
+while a queue that stands for less than ten minutes still shows as delay.
 """
 
 from __future__ import annotations
@@ -13,15 +16,21 @@ from dataclasses import asdict
 from topomirror.wire.header import U32, time_diff_us
 from topomirror.wire.messages import Feedback, PathReport
 
+BASE_BUCKET_US = 60_000_000  # one minute per base-history bucket
+BASE_BUCKETS = 10
+
 
 class PathMeter:
     __slots__ = ("path_id", "_base", "_last_transit", "jitter_us", "_highest", "_reported_highest",
                  "packets", "bytes", "wins", "duplicates", "reordered", "_owd_sum", "_owd_min",
-                 "_owd_max", "total_packets", "total_wins")
+                 "_owd_max", "total_packets", "total_wins", "_history", "_bucket_min", "_bucket_end", "_late")
 
     def __init__(self, path_id: int) -> None:
         self.path_id = path_id
-        self._base: int | None = None  # min raw transit (clock offset + propagation)
+        self._base: int | None = None  # min raw transit (clock offset + propagation) over the history
+        self._history: deque[int] = deque(maxlen=BASE_BUCKETS - 1)  # minima of the closed buckets
+        self._bucket_min = 0
+        self._bucket_end: int | None = None
         self._last_transit: int | None = None
         self.jitter_us = 0.0
         self._highest: int | None = None
@@ -31,19 +40,30 @@ class PathMeter:
         self._reset()
 
     def _reset(self) -> None:
-        self.packets = self.bytes = self.wins = self.duplicates = self.reordered = 0
+        self.packets = self.bytes = self.wins = self.duplicates = self.reordered = self._late = 0
         self._owd_sum = 0
         self._owd_min: int | None = None
         self._owd_max = 0
 
     def record(self, arrival_us: int, send_time_us: int, path_seq: int, size: int, won: bool) -> None:
         transit = time_diff_us(arrival_us % U32, send_time_us)
-        if self._base is None or transit < self._base:
-            self._base = transit
+        if self._bucket_end is None:
+            self._base = self._bucket_min = transit
+            self._bucket_end = arrival_us + BASE_BUCKET_US
+        elif arrival_us >= self._bucket_end:
+            # A new minute: the oldest minute's minimum leaves the base.
+            self._history.append(self._bucket_min)
+            self._bucket_min = transit
+            self._bucket_end = arrival_us + BASE_BUCKET_US
+            self._base = min(transit, *self._history)
+        elif transit < self._bucket_min:
+            self._bucket_min = transit
+            if transit < self._base:  # type: ignore[operator]
+                self._base = transit
         if self._last_transit is not None:
             self.jitter_us += (abs(transit - self._last_transit) - self.jitter_us) / 16
         self._last_transit = transit
-        owd = transit - self._base
+        owd = transit - self._base  # type: ignore[operator]
         self._owd_sum += owd
         self._owd_min = owd if self._owd_min is None or owd < self._owd_min else self._owd_min
         self._owd_max = max(self._owd_max, owd)
@@ -54,6 +74,8 @@ class PathMeter:
             self._highest = path_seq
         else:
             self.reordered += 1
+            if not 0 < (path_seq - self._reported_highest) % U32 < U32 // 2:  # type: ignore[operator]
+                self._late += 1  # from an interval already reported (counted lost there)
         self.packets += 1
         self.bytes += size
         self.total_packets += 1
@@ -75,7 +97,7 @@ class PathMeter:
             return None
         assert self._highest is not None and self._reported_highest is not None
         expected = (self._highest - self._reported_highest) % U32
-        lost = max(0, expected - (self.packets - self.reordered))
+        lost = max(0, expected - (self.packets - self._late))
         report = PathReport(
             path_id=self.path_id, packets=self.packets, bytes=self.bytes, lost=lost,
             reordered=self.reordered, wins=self.wins, duplicates=self.duplicates,

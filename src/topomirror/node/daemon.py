@@ -295,7 +295,9 @@ class Node:
                 datagrams, stamp = recv()
             except BlockingIOError:
                 break
-            arrival_us = now_us if stamp is None else min(now_us, (stamp + offset_ns) // 1000)
+            # The kernel's stamp as is: a loop that started long ago must not date later
+            # arrivals back to its start (that would read as a shorter path, for good).
+            arrival_us = (stamp + offset_ns) // 1000 if stamp is not None else time.monotonic_ns() // 1000
             for datagram in datagrams:
                 kind, value, extra = receive(datagram, now, arrival_us, later=True)
                 if kind == LATER:
