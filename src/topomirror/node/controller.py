@@ -21,7 +21,7 @@ import enum
 import itertools
 import zlib
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from topomirror.analysis.classify import Classifier
@@ -70,6 +70,9 @@ class ControllerSettings:
     # Flows no policy would mirror are only checked for idleness this often, not every tick: at
     # thousands of new flows/s, looking at each of them every 20 ms is most of the node's CPU.
     idle_sweep_s: float = 2.0
+    # No FEEDBACK about the standard path for this long while sending on it: it is down. Reports
+    # come about every 100 ms, so this is two missed reports and a half.
+    silence_s: float = 0.2
 
 
 @dataclass
@@ -82,7 +85,8 @@ class FlowInfo:
     metadata: Metadata | None = None
     last_seen: float = 0.0
     session_id: int | None = None
-    rearm_after: float = 0.0  # no new session before this (no flapping across sessions)
+    rearm_after: float = 0.0  # no new session before this (no flapping across sessions) ...
+    torn_down_at: float = 0.0  # ... unless evidence newer than the last teardown says so
     restored_reason: str | None = None  # protected before a restart: protect again at once
 
 
@@ -115,6 +119,8 @@ class PeerPath:
     forecast: PathForecast | None = None
     degraded_since: float | None = None
     history: deque[tuple[float, float, float]] = field(default_factory=lambda: deque(maxlen=600))
+    last_sent: float = 0.0  # when this node last sent on the standard path (the daemon says)
+    silent_since: float | None = None  # sending, yet no report about the path: it delivers nothing
 
 
 class Controller:
@@ -129,6 +135,10 @@ class Controller:
         self.predictor = predictor or CongestionPredictor(PredictorConfig(
             horizon_ms=settings.horizon_ms, threshold_ms=settings.degraded_delay_us / 1000))
         self.session_policy = session_policy or SessionPolicy()
+        if settings.policy is Policy.ALWAYS:
+            # `always` duplicates every packet for the flow's whole life: never "not winning".
+            self.session_policy = replace(self.session_policy, adaptation=replace(
+                self.session_policy.adaptation, losing_win_share=-1.0))
         self.channels = ChannelAllocator(first=100)  # 1..99 are left to static targets
         self.flows: dict[int, FlowInfo] = {}
         # The flows `tick` looks at every time: those the policy might mirror and those with a
@@ -139,7 +149,8 @@ class Controller:
         self.session_flow: dict[int, int] = {}
         self.paths: dict[str, PeerPath] = {}
         # (link, from, to) -> list of (until, bytes, source node)
-        self.announced: dict[tuple[str, str, str], list[tuple[float, int, str]]] = {}
+        # (link, from, to) -> [(until, bytes, source, announced at)]
+        self.announced: dict[tuple[str, str, str], list[tuple[float, int, str, float]]] = {}
         self.decisions: list[Decision] = []
         self._session_ids = itertools.count(1)
         self.lead_times_ms: list[float] = []
@@ -236,7 +247,7 @@ class Controller:
         until = now + duration_ms / 1000
         for hop in hops:
             entries = [e for e in self.announced.get(tuple(hop), []) if e[0] > now]  # type: ignore[arg-type]
-            entries.append((until, nbytes, source))
+            entries.append((until, nbytes, source, now))
             self.announced[tuple(hop)] = entries  # type: ignore[index]
 
     def _host_peers(self) -> list[str]:
@@ -250,8 +261,29 @@ class Controller:
             return 0
         total = 0
         for link, a, b in zip(segment.links, segment.nodes, segment.nodes[1:], strict=False):
-            total = max(total, sum(n for until, n, _ in self.announced.get((link, a, b), []) if until > now))
+            total = max(total, sum(n for until, n, *_ in self.announced.get((link, a, b), []) if until > now))
         return total
+
+    def newest_announcement_on_path(self, peer: str, now: float) -> float | None:
+        """When the most recent still-running announcement on the standard path to `peer` came."""
+        segment = self.graph.segment(self.me, peer) if self.graph is not None else None
+        if segment is None:
+            return None
+        times = [at for link, a, b in zip(segment.links, segment.nodes, segment.nodes[1:], strict=False)
+                 for until, _, _, at in self.announced.get((link, a, b), []) if until > now]
+        return max(times, default=None)
+
+    def _new_evidence(self, info: FlowInfo, now: float) -> bool:
+        """Something happened since the flow's last teardown that the teardown did not know: the
+        path went silent, or a transfer was announced on it. The cross-session no-flap pause is
+        for the same evidence flickering, not for a new event."""
+        path = self.paths.get(info.peer)
+        if path is not None and path.silent_since is not None and path.silent_since > info.torn_down_at:
+            return True
+        if self.settings.policy is Policy.PREDICTIVE:
+            newest = self.newest_announcement_on_path(info.peer, now)
+            return newest is not None and newest > info.torn_down_at
+        return False
 
     def feedback(self, peer: str, reports: list[PathReport], now: float) -> None:
         """FEEDBACK about our paths to `peer`: predictor step on the standard path; sessions observe."""
@@ -259,6 +291,7 @@ class Controller:
         standard = next((r for r in reports if r.path_id == 0), None)
         if standard is not None:
             path.last_report, path.last_report_at = standard, now
+            path.silent_since = None
             sent = standard.packets + standard.lost
             loss = standard.lost / sent if sent else 0.0
             degraded = standard.owd_avg_us >= self.settings.degraded_delay_us or loss >= self.settings.degraded_loss
@@ -343,7 +376,7 @@ class Controller:
         for (link, a, b), entries in self.announced.items():
             if a == self.me or b == self.me:
                 continue  # our own access link: no path avoids it
-            if any(until > now for until, _, _ in entries):
+            if any(until > now for until, *_ in entries):
                 forecast[link] = max(forecast.get(link, 0.0), 0.9)
         return forecast
 
@@ -362,6 +395,9 @@ class Controller:
         if info.traffic_class != "latency_sensitive":
             return False, f"class {info.traffic_class}: only latency-sensitive flows are protected"
         degraded = path is not None and path.degraded_since is not None
+        if degraded and path is not None and path.silent_since is not None:
+            return True, (f"standard path to {info.peer} silent: no report for "
+                          f"{(now - path.last_report_at) * 1000:.0f} ms while sending")
         if degraded and path is not None and path.last_report is not None:
             return True, (f"standard path to {info.peer} degraded: relative delay "
                           f"{path.last_report.owd_avg_us / 1000:.1f} ms")
@@ -397,8 +433,29 @@ class Controller:
         """The flows whose `last_seen` the tick at `now` reads (the caller refreshes them first)."""
         return list(self.flows.values()) if now >= self._next_sweep else list(self.watched.values())
 
+    def sending(self, peer: str, last_sent: float) -> None:
+        """The daemon's account of when it last sent on the standard path to `peer`."""
+        self.paths.setdefault(peer, PeerPath(peer)).last_sent = last_sent
+
+    def _check_silence(self, now: float) -> None:
+        """A destination reports every path it hears from about every 100 ms (FEEDBACK on all
+        paths). A standard path we keep sending on without a report for `silence_s` delivers
+        nothing, whatever delay it last showed: degraded (a link or router is down)."""
+        limit = self.settings.silence_s
+        for path in self.paths.values():
+            sending = path.last_sent > path.last_report_at + limit / 2 and now - path.last_sent < limit
+            if sending and now - path.last_report_at > limit:
+                if path.silent_since is None:
+                    path.silent_since = now
+                    self._decide(f"peer:{path.peer}", "path_silent",
+                                 f"no report about the standard path to {path.peer} for "
+                                 f"{(now - path.last_report_at) * 1000:.0f} ms while sending on it")
+                if path.degraded_since is None:
+                    path.degraded_since = now
+
     def tick(self, now: float) -> list[Action]:
         actions: list[Action] = []
+        self._check_silence(now)
         if now >= self._next_sweep:
             self._next_sweep = now + self.settings.idle_sweep_s
             for info in [i for i in self.flows.values() if i.flow_id not in self.watched]:
@@ -417,7 +474,7 @@ class Controller:
                 del self.watched[info.flow_id]  # its session ended: back to the idle sweep
                 continue
             want, reason = self._wants_mirror(info, now)
-            if want and not live and now >= info.rearm_after:
+            if want and not live and (now >= info.rearm_after or self._new_evidence(info, now)):
                 self._open(info, reason, now)
             elif want and live:
                 session = self.sessions[info.session_id]  # type: ignore[index]
@@ -478,6 +535,7 @@ class Controller:
         elif transition.verdict is Verdict.TEARDOWN:
             flow = self.flows.get(self.session_flow.get(session_id, -1))
             if flow is not None:
+                flow.torn_down_at = session.state_since
                 flow.rearm_after = session.state_since + self.session_policy.adaptation.rearm_after_teardown_s
             self._decide(f"session:{session_id}", "adapt", f"teardown: {transition.note}")
         if session.state.terminal:

@@ -453,6 +453,9 @@ class Node:
             if entry is not None:
                 info.last_seen = entry.last_seen
         self._check_relays(now)
+        for peer in self.engine.peers.values():
+            if not peer.relay and peer.standard is not None and peer.standard.last_sent:
+                controller.sending(peer.name, peer.standard.last_sent)
         for action in controller.tick(now):
             if isinstance(action, InstallVC | RenewVC):
                 relay = self.engine.peers_by_name.get(action.relay)

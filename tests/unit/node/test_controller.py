@@ -185,3 +185,67 @@ def test_only_flows_a_policy_might_mirror_become_stored_new_flow_decisions() -> 
     always = controller(Policy.ALWAYS)  # under `always` every flow might be mirrored
     always.new_flow(7, FlowKey("172.16.3.1", "172.16.1.1", 17, 5, 9), "h1", 0.0)
     assert [d.kind for d in always.take_decisions()] == ["new_flow"]
+
+
+def test_a_standard_path_that_stops_reporting_while_we_send_is_degraded() -> None:
+    ctl = controller(Policy.REACTIVE)
+    ctl.new_flow(1, RPC, "h1", 0.0)
+    ctl.flow_seen(1, 1.0)
+    ctl.feedback("h1", [report(0, 100)], 1.0)  # healthy
+    ctl.sending("h1", 1.0)
+    assert not [a for a in ctl.tick(1.0) if isinstance(a, InstallVC)]
+    ctl.sending("h1", 1.2)  # still sending, 200 ms without a report: not yet
+    ctl.flow_seen(1, 1.2)
+    assert not [a for a in ctl.tick(1.2) if isinstance(a, InstallVC)]
+    ctl.sending("h1", 1.3)  # 300 ms: the path delivers nothing
+    ctl.flow_seen(1, 1.3)
+    actions, now = _run_until_active(ctl, 1.3)
+    assert [a for a in actions if isinstance(a, StartDuplication)]
+    [session] = ctl.sessions.values()
+    assert "silent" in session.request.reason
+    assert any(d.kind == "path_silent" for d in ctl.take_decisions())
+    # Reports again (the link is back, healthy): no longer silent or degraded.
+    ctl.feedback("h1", [report(0, 100)], now)
+    assert ctl.paths["h1"].silent_since is None and ctl.paths["h1"].degraded_since is None
+
+
+def test_an_idle_sender_is_not_silent_and_always_never_tears_down() -> None:
+    ctl = controller(Policy.REACTIVE)
+    ctl.new_flow(1, RPC, "h1", 0.0)
+    ctl.feedback("h1", [report(0, 100)], 0.0)
+    ctl.sending("h1", 0.0)  # sent nothing since the last report
+    ctl.flow_seen(1, 5.0)
+    assert not [a for a in ctl.tick(5.0) if isinstance(a, InstallVC)]
+    always = controller(Policy.ALWAYS)
+    always.new_flow(1, RPC, "h1", 0.0)
+    _, now = _run_until_active(always, 0.0)
+    [session] = always.sessions.values()
+    mirror = always._session_path_id(session)
+    for step in range(40):  # standard healthy, mirror never first: `reactive` would tear down
+        t = now + 0.1 * step
+        always.flow_seen(1, t)
+        always.feedback("h1", [report(0, 100), report(mirror, 400, wins=0)], t)
+        assert not [a for a in always.tick(t) if isinstance(a, StopDuplication)]
+
+
+def test_a_new_announcement_after_a_teardown_protects_again_at_once() -> None:
+    ctl = controller(Policy.PREDICTIVE)
+    ctl.new_flow(1, RPC, "h1", 0.0)
+    hops = (("h4-e2", "h4", "e2"), ("core", "e2", "e1"), ("h2-e1", "e1", "h2"))
+    ctl.announcement("h4", hops, 15_000_000, 1000, 0.0)  # over in a second
+    _, now = _run_until_active(ctl, 0.0)
+    [session] = ctl.sessions.values()
+    mirror = ctl._session_path_id(session)
+    t = now
+    while ctl.sessions and t < now + 10:  # healthy standard path, mirror never first: torn down
+        t += 0.1
+        ctl.flow_seen(1, t)
+        ctl.feedback("h1", [report(0, 100), report(mirror, 400, wins=0)], t)
+        ctl.tick(t)
+    assert not [s for s in ctl.sessions.values() if not s.state.terminal]
+    assert ctl.flows[1].rearm_after > t + 1, "inside the no-flap pause"
+    ctl.flow_seen(1, t + 0.1)
+    assert not [a for a in ctl.tick(t + 0.1) if isinstance(a, InstallVC)], "nothing new: wait"
+    ctl.announcement("h4", hops, 12_000_000, 1000, t + 0.2)  # a new transfer: not a flicker
+    ctl.flow_seen(1, t + 0.2)
+    assert [a for a in ctl.tick(t + 0.2) if isinstance(a, InstallVC)]
