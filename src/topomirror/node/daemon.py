@@ -171,6 +171,7 @@ class Node:
         self._monotonic = time.monotonic
         self.probes_sent = 0
         self.timer_errors = 0
+        self.timer_slowest_ms: dict[str, float] = {}  # longest run of each timer (it blocks the loop)
 
     # -- clocks --------------------------------------------------------------------------
     def _now(self) -> tuple[float, int]:
@@ -563,7 +564,9 @@ class Node:
 
     async def _every(self, seconds: float, func) -> None:  # type: ignore[no-untyped-def]
         reported: set[str] = set()
+        name = getattr(func, "__name__", str(func))
         while not self._stop.is_set():
+            started = time.perf_counter()
             try:
                 func()
             except Exception as exc:  # a timer must never take the node down; log each new error once
@@ -571,8 +574,11 @@ class Node:
                 signature = f"{type(exc).__name__}: {exc}"
                 if signature not in reported and len(reported) < 20:
                     reported.add(signature)
-                    log.exception("timer %s failed (further identical errors are only counted)",
-                                  getattr(func, "__name__", func))
+                    log.exception("timer %s failed (further identical errors are only counted)", name)
+            # A timer runs on the packet loop: every millisecond here is a millisecond no packet moves.
+            took_ms = (time.perf_counter() - started) * 1000
+            if took_ms > self.timer_slowest_ms.get(name, 0.0):
+                self.timer_slowest_ms[name] = round(took_ms, 2)
             await asyncio.sleep(seconds)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -651,7 +657,7 @@ class Node:
             "tx_errors": dict(self.tx_errors), "flows": len(self.flows),
             "relay_vcs": len(self.engine.vcs), "probes_sent": self.probes_sent,
             "policy": self.config.adaptive.policy, "analysis_dropped": self.analysis_dropped,
-            "timer_errors": self.timer_errors,
+            "timer_errors": self.timer_errors, "timer_slowest_ms": dict(self.timer_slowest_ms),
             "io": {**(self.udp.stats if self.udp else {}), "gso": bool(self.udp and self.udp.gso),
                    "gro": bool(self.udp and self.udp.gro)},
             "sessions_opened": self.controller.sessions_opened if self.controller else 0,
