@@ -16,4 +16,7 @@ def test_quick_flows_bench_decides_the_offered_new_flows_while_the_stream_runs()
     assert offered >= 1900, f"the generator offered only {offered} new flows/s"
     assert decided >= 0.8 * offered, f"the node decided {decided} of {offered} new flows/s"
     assert float(result["baseline_gbps"]) > 0.01 and float(result["with_flows_gbps"]) > 0.01, result  # type: ignore[arg-type]
+    # The control carried the same packets on one flow: the node assigned it one flow id, not thousands.
+    [control] = [t for t in result["trials"] if t["mode"] == "same_flow"]  # type: ignore[union-attr]
+    assert float(control["gbps"]) > 0.01 and control["flow_ids"] <= 2, control
     assert all(t["timer_errors"] == 0 for t in loaded), "a node timer failed under the new-flow load"

@@ -768,7 +768,8 @@ def bench_flows(
         return
     table = Table("metric", "value")
     for key in ("new_flows_per_s_offered", "new_flows_per_s_decided", "baseline_gbps", "with_flows_gbps",
-                "throughput_drop_pct", "analysis_dropped", "verdict"):
+                "same_flow_gbps", "throughput_drop_pct", "decision_drop_pct", "analysis_dropped", "verdict",
+                "verdict_decisions_only"):
         table.add_row(key, str(data[key]))
     out.print(table)
     console.print(f"saved {path}")

@@ -4,7 +4,9 @@
 socket so the source port can be anything: flow `i` goes from source port 1024 + i % 64512 to
 destination port `--base-port` + (i // 64512) % `--ports`. `--first` starts the numbering further
 on, so repeated runs against the same node never reuse a 5-tuple. `sink` binds the destination
-ports (the receiver's kernel then answers nothing, not ICMP port unreachable).
+ports (the receiver's kernel then answers nothing, not ICMP port unreachable). `send --same-flow`
+sends the same datagrams at the same rate on one 5-tuple: the same packet load, no new flows (the
+control that separates the cost of deciding new flows from the cost of carrying their packets).
 Each prints one JSON line when done.
 """
 
@@ -27,7 +29,8 @@ def flow_ports(index: int, base_port: int, ports: int) -> tuple[int, int]:
     return 1024 + index % SOURCE_PORTS, base_port + (index // SOURCE_PORTS) % ports
 
 
-def send(to: str, rate: int, seconds: float, base_port: int, ports: int, first: int, size: int) -> dict[str, object]:
+def send(to: str, rate: int, seconds: float, base_port: int, ports: int, first: int, size: int,
+         same_flow: bool = False) -> dict[str, object]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
     payload = b"topomirror-flowgen".ljust(max(0, size), b"\0")
     length = _UDP.size + len(payload)
@@ -43,7 +46,7 @@ def send(to: str, rate: int, seconds: float, base_port: int, ports: int, first: 
     while sent < count and not stopped:
         due = min(count, int((time.perf_counter() - start) * rate) + 1)
         while sent < due:
-            src, dst = flow_ports(first + sent, base_port, ports)
+            src, dst = flow_ports(first + (0 if same_flow else sent), base_port, ports)
             try:
                 sock.sendto(_UDP.pack(src, dst, length, 0) + payload, (to, 0))
             except OSError:
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seconds", type=float, default=5.0, help="at most this long (SIGTERM ends it earlier)")
     s.add_argument("--first", type=int, default=0, help="number of the first flow")
     s.add_argument("--size", type=int, default=32, help="payload bytes")
+    s.add_argument("--same-flow", action="store_true", help="every datagram on one 5-tuple (no new flows)")
     r = sub.add_parser("sink")
     r.add_argument("--seconds", type=float, default=30.0)
     for p in (s, r):
@@ -89,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--ports", type=int, default=16)
     args = parser.parse_args(argv)
     if args.command == "send":
-        report = send(args.to, args.rate, args.seconds, args.base_port, args.ports, args.first, args.size)
+        report = send(args.to, args.rate, args.seconds, args.base_port, args.ports, args.first, args.size,
+                      args.same_flow)
     else:
         report = sink(args.base_port, args.ports, args.seconds)
     print(json.dumps(report), flush=True)
