@@ -214,10 +214,13 @@ def collect(spec: LabSpec, registry: LabRegistry, wall_start: float) -> list[Pat
 def _rebase(reports: list[tuple[float, dict[str, int]]]) -> list[float | None]:
     """Mean relative one-way delay (ms) of each report, with the meter's base glitches undone.
 
-    The destination reports delay relative to the smallest transit it has ever seen. A datagram
-    whose arrival is stamped too early (a long, busy receive loop) lowers that base for good, and
-    every later report of the path then carries a constant offset: tens of ms of "queue" on paths
-    that cross no shaped link. Smaller early stamps show up as isolated dips of a report's minimum.
+    The destination reports delay relative to the smallest recent transit. Nodes before
+    2026-11-27 stamped some arrivals too early (the receive loop's start time), which lowered that
+    base for good: every later report of the path carried a constant offset, tens of ms of "queue"
+    on paths that cross no shaped link, and smaller early stamps showed as isolated dips of a
+    report's minimum. The node now takes the kernel's stamp as is and keeps a windowed base
+    (`feedback.measure`), so on new recordings this finds next to nothing to undo; it stays as a
+    guard, since labels must never come from a shifted base.
     The lab's hosts share one clock and fixed propagation delays, so the true base never moves:
     the offset at a report is the lowest later value of the per-report minimum's running median
     over `REBASE_RUN` reports (isolated dips do not count; a path is idle now and then). Reports
