@@ -43,13 +43,20 @@ def decisions(lab, node: str) -> list[tuple[float, str, str, str]]:  # type: ign
 
 
 def watch_backlog(lab, stop: threading.Event, samples: list[tuple[float, int]]) -> None:  # type: ignore[no-untyped-def]
-    """Poll the core link's tbf backlog on e2 (the direction e2 -> e1 the bulk and the answers take)."""
-    while not stop.is_set():
-        out = lab.exec("e2", "tc", "-s", "qdisc", "show", "dev", "eth3").stdout
-        match = re.search(r"backlog (\d+)b", out)
-        if match:
-            samples.append((time.time(), int(match.group(1))))
-        time.sleep(0.005)
+    """Poll the core link's tbf backlog on e2 (the direction e2 -> e1 the bulk and the answers take).
+
+    Over one netlink socket (about 0.5 ms a query) rather than running `tc` 200 times a second,
+    which forks enough processes to disturb the node daemons on two cores.
+    """
+    from pyroute2 import NetNS
+
+    with NetNS(lab.plan.namespace("e2")) as ns:
+        index = ns.link_lookup(ifname="eth3")[0]
+        while not stop.is_set():
+            for qdisc in ns.get_qdiscs(index=index):
+                if qdisc.get_attr("TCA_KIND") == "tbf":
+                    samples.append((time.time(), int(qdisc.get_attr("TCA_STATS")["backlog"])))
+            time.sleep(0.005)
 
 
 def _rpc_during_bulk(lab, curl_options: list[str]):  # type: ignore[no-untyped-def]
@@ -97,13 +104,11 @@ def test_announced_bulk_transfer_is_mirrored_around_before_the_queue_builds(make
     assert announced or live_before, "h3 mirrored on the announcement, or was already mirroring"
     first_active = min(at for at in active if at > crossed - 10)
     assert first_active <= crossed + 0.050, f"mirror active {1000 * (first_active - crossed):.0f} ms after the queue"
-    # The issue asks for at most 2x the uncongested p99. On this shared 2-core machine single runs
-    # range from about 1.1x to over 4x, because the reference itself swings with the Python nodes'
-    # scheduling jitter (5-40 ms) and the tail of one 8 s run is a handful of requests. The ratio
-    # is printed for the record (docs/BENCHMARKS.md); the assertion only guards against collapse.
-    # That protection beats no protection is asserted by the demo test, side by side in one run.
-    print(json.dumps({"p99_ratio": round(result["p99_ms"] / max(calm["p99_ms"], 5.0), 2)}))  # type: ignore[operator]
-    assert result["p99_ms"] < 250, (calm, result)  # type: ignore[operator]
+    # The must-show: RPC p99 at most 2x its uncongested p99 (the reference floored at 5 ms: one 8 s
+    # run's p99 is a handful of requests, and below 5 ms it is scheduling noise on two cores).
+    ratio = result["p99_ms"] / max(calm["p99_ms"], 5.0)  # type: ignore[operator]
+    print(json.dumps({"p99_ratio": round(ratio, 2)}))
+    assert ratio <= 2.0, (calm, result)
     withdrawn = [at for at, _, kind, reason in log if kind == "session_state" and "withdrawn" in reason
                  and at > bulk_end]
     assert withdrawn, "sessions are withdrawn after the transfer ends"
