@@ -148,8 +148,7 @@ class Controller:
         self.sessions: dict[int, MirrorSession] = {}
         self.session_flow: dict[int, int] = {}
         self.paths: dict[str, PeerPath] = {}
-        # (link, from, to) -> list of (until, bytes, source node)
-        # (link, from, to) -> [(until, bytes, source, announced at)]
+        # (link, from, to) -> [(until, bytes, source node, announced at)]
         self.announced: dict[tuple[str, str, str], list[tuple[float, int, str, float]]] = {}
         self.decisions: list[Decision] = []
         self._session_ids = itertools.count(1)
