@@ -164,6 +164,19 @@ class Classification:
 class Classifier:
     def __init__(self, config: ClassifierConfig | None = None) -> None:
         self.config = config or ClassifierConfig()
+        # Before any payload a flow's class depends only on which rule ports it uses and its DSCP:
+        # `classify_key` answers from a small memo (thousands of new flows/s pay a dict lookup).
+        self._rule_ports = frozenset(rule.port for rule in self.config.rules if rule.port is not None)
+        self._by_key: dict[tuple[int | None, int | None, int], Classification] = {}
+
+    def classify_key(self, key: FlowKey) -> Classification:
+        """`classify(Metadata(dscp=key.dscp), key)`: the class of a flow whose payload is not seen yet."""
+        ports = self._rule_ports
+        memo = (key.sport if key.sport in ports else None, key.dport if key.dport in ports else None, key.dscp)
+        found = self._by_key.get(memo)
+        if found is None:
+            found = self._by_key[memo] = self.classify(Metadata(dscp=key.dscp), key)
+        return found
 
     def classify(self, metadata: Metadata, key: FlowKey | None = None) -> Classification:
         config = self.config

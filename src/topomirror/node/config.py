@@ -119,7 +119,9 @@ class Timers(BaseModel):
     lease_ms: int = Field(default=6000, ge=500, description="virtual-connection lease on relays")
     dedup_window: int = Field(default=16384, description="de-dup window, packets (power of 2)")
     dedup_skew_ms: int = Field(default=250, ge=1, description="de-dup window, path skew")
-    flow_idle_s: float = Field(default=30.0, gt=0)
+    flow_idle_s: float = Field(default=30.0, gt=0, description="forget a flow idle this long")
+    short_flow_idle_s: float = Field(default=5.0, gt=0,
+                                     description="forget a flow of one or two packets idle this long")
 
 
 class Adaptive(BaseModel):

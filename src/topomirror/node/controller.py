@@ -21,6 +21,7 @@ import enum
 import itertools
 import zlib
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -67,15 +68,12 @@ class ControllerSettings:
     session_burst_bytes: int = 256 * 1024
     horizon_ms: float = 100.0
     warmup_reports: int = 30  # the predictor's forecasts count once it has seen this many reports
-    # Flows no policy would mirror are only checked for idleness this often, not every tick: at
-    # thousands of new flows/s, looking at each of them every 20 ms is most of the node's CPU.
-    idle_sweep_s: float = 2.0
     # No FEEDBACK about the standard path for this long while sending on it: it is down. Reports
     # come about every 100 ms, so this is two missed reports and a half.
     silence_s: float = 0.2
 
 
-@dataclass
+@dataclass(slots=True)
 class FlowInfo:
     flow_id: int
     key: FlowKey
@@ -141,10 +139,10 @@ class Controller:
                 self.session_policy.adaptation, losing_win_share=-1.0))
         self.channels = ChannelAllocator(first=100)  # 1..99 are left to static targets
         self.flows: dict[int, FlowInfo] = {}
-        # The flows `tick` looks at every time: those the policy might mirror and those with a
-        # session. The others can only go idle, which the sweep every `idle_sweep_s` notices.
+        # The flows `tick` looks at: those the policy might mirror and those with a session. The
+        # others wait for metadata or for the owner of the flow table to `forget` them: at
+        # thousands of new flows/s, looking at each of them every tick is most of a node's CPU.
         self.watched: dict[int, FlowInfo] = {}
-        self._next_sweep = 0.0
         self.sessions: dict[int, MirrorSession] = {}
         self.session_flow: dict[int, int] = {}
         self.paths: dict[str, PeerPath] = {}
@@ -190,15 +188,17 @@ class Controller:
         return len(self.restored)
 
     def new_flow(self, flow_id: int, key: FlowKey, peer: str, now: float) -> None:
-        info = FlowInfo(flow_id, key, peer, last_seen=now)
-        previous = self.restored.pop(str(key), None)
-        if previous is not None:
-            info.restored_reason = f"resumed after a node restart (was: {previous['reason']})"
-        classification = self.classifier.classify(Metadata(dscp=key.dscp), key)
-        info.traffic_class, info.class_reason = str(classification.flow_class), classification.reason
+        # The per-new-flow path of the node: thousands a second, so no formatting and no parsing here.
+        classification = self.classifier.classify_key(key)
+        info = FlowInfo(flow_id, key, peer, classification.flow_class, classification.reason, last_seen=now)
+        if self.restored:
+            previous = self.restored.pop(str(key), None)
+            if previous is not None:
+                info.restored_reason = f"resumed after a node restart (was: {previous['reason']})"
         self.flows[flow_id] = info
         self._rewatch(info)
-        self.paths.setdefault(peer, PeerPath(peer))
+        if peer not in self.paths:
+            self.paths[peer] = PeerPath(peer)
         if flow_id in self.watched:
             self._decide(f"flow:{key}", "new_flow", f"class {info.traffic_class}: {info.class_reason}",
                          peer=peer, policy=str(self.settings.policy))
@@ -206,6 +206,16 @@ class Controller:
             # A flow no policy would mirror is a counted rate, not a stored decision: at thousands
             # of new flows/s one row each would be most of the database. `flows` shows it live.
             self.unwatched_new_flows += 1
+
+    def forget(self, flow_ids: Iterable[int], now: float) -> None:
+        """The owner of the flow table expired these flows: drop them (and end a session one has)."""
+        for flow_id in flow_ids:
+            info = self.flows.pop(flow_id, None)
+            if info is None:
+                continue
+            self.watched.pop(flow_id, None)
+            if info.session_id is not None and info.session_id in self.sessions:
+                self._withdraw(info.session_id, "flow expired", now)
 
     def flow_seen(self, flow_id: int, now: float) -> None:
         info = self.flows.get(flow_id)
@@ -430,7 +440,7 @@ class Controller:
 
     def flows_read_at(self, now: float) -> list[FlowInfo]:
         """The flows whose `last_seen` the tick at `now` reads (the caller refreshes them first)."""
-        return list(self.flows.values()) if now >= self._next_sweep else list(self.watched.values())
+        return list(self.watched.values())
 
     def sending(self, peer: str, last_sent: float) -> None:
         """The daemon's account of when it last sent on the standard path to `peer`."""
@@ -455,19 +465,14 @@ class Controller:
     def tick(self, now: float) -> list[Action]:
         actions: list[Action] = []
         self._check_silence(now)
-        if now >= self._next_sweep:
-            self._next_sweep = now + self.settings.idle_sweep_s
-            for info in [i for i in self.flows.values() if i.flow_id not in self.watched]:
-                if now - info.last_seen > self.settings.flow_idle_s:
-                    del self.flows[info.flow_id]
         for info in list(self.watched.values()):
             idle = now - info.last_seen > self.settings.flow_idle_s
             live = info.session_id is not None and info.session_id in self.sessions
             if idle:
+                # An idle flow keeps its class (an RPC connection pauses and resumes); it leaves
+                # when the flow table forgets it.
                 if live:
                     self._withdraw(info.session_id, "flow idle", now)  # type: ignore[arg-type]
-                del self.flows[info.flow_id]
-                del self.watched[info.flow_id]
                 continue
             if not live and not self.might_mirror(info):
                 del self.watched[info.flow_id]  # its session ended: back to the idle sweep
@@ -477,7 +482,8 @@ class Controller:
                 self._open(info, reason, now)
             elif want and live:
                 session = self.sessions[info.session_id]  # type: ignore[index]
-                if not session.state.terminal:
+                # A session withdrawing (the flow paused) ends first; the next tick opens a new one.
+                if not session.state.terminal and session.state is not SessionState.WITHDRAWING:
                     self._apply(info.session_id, session.renew(now), now)  # type: ignore[arg-type]
         for session_id, session in list(self.sessions.items()):
             self._apply(session_id, session.tick(now), now)

@@ -94,7 +94,32 @@ def test_idle_flow_withdraws_its_session() -> None:
     assert ctl.sessions
     actions = ctl.tick(now + 5.0)
     assert [a for a in actions if isinstance(a, StopDuplication)]
-    assert 1 not in ctl.flows
+    # An idle flow keeps its class (a connection pauses and resumes) until the flow table forgets it.
+    assert ctl.flows[1].traffic_class == "latency_sensitive" and 1 in ctl.watched
+    ctl.forget([1], now + 6.0)
+    assert 1 not in ctl.flows and 1 not in ctl.watched
+
+
+def test_a_paused_flow_that_resumes_is_protected_again() -> None:
+    ctl = controller(Policy.ALWAYS)
+    ctl.new_flow(1, RPC, "h1", 0.0)
+    _, now = _run_until_active(ctl, 0.0)
+    first = ctl.flows[1].session_id
+    ctl.tick(now + 5.0)  # idle: its session is withdrawn
+    ctl.flow_seen(1, now + 30.0)  # the connection resumes
+    ctl.tick(now + 30.0)  # the withdrawal ends (nobody acknowledged it: its timeout passed)
+    actions, _ = _run_until_active(ctl, now + 30.02)
+    assert [a for a in actions if isinstance(a, StartDuplication)]
+    assert ctl.flows[1].session_id not in (None, first)
+
+
+def test_forgetting_a_flow_with_a_live_session_withdraws_it() -> None:
+    ctl = controller(Policy.ALWAYS)
+    ctl.new_flow(1, RPC, "h1", 0.0)
+    _, now = _run_until_active(ctl, 0.0)
+    ctl.forget([1, 99], now)  # 99: never known, ignored
+    assert [a for a in ctl.tick(now + 0.02) if isinstance(a, StopDuplication)]
+    assert ctl.flows == {}
 
 
 def test_snapshot_and_restore_resume_protection_and_the_model() -> None:
@@ -143,25 +168,21 @@ def test_a_warm_forecast_above_threshold_opens_a_session_with_the_reason() -> No
     assert "congests within 100 ms with p=0.90 (model)" in session.request.reason
 
 
-def test_tick_watches_only_flows_the_policy_might_mirror_and_sweeps_the_rest() -> None:
+def test_tick_watches_only_flows_the_policy_might_mirror_and_the_flow_table_forgets_the_rest() -> None:
     ctl = controller(Policy.PREDICTIVE)
     for flow_id in range(1, 1001):  # unknown class: no policy check can say yes
         ctl.new_flow(flow_id, FlowKey("172.16.3.1", "172.16.1.1", 17, 1024 + flow_id, 20000), "h1", 0.0)
     ctl.new_flow(5000, RPC, "h1", 0.0)
     assert set(ctl.watched) == {5000}
-    assert len(ctl.flows_read_at(0.0)) == 1001, "the first tick is a sweep: it reads every flow"
+    assert [i.flow_id for i in ctl.flows_read_at(0.0)] == [5000], "a tick reads only the watched flow"
     ctl.tick(0.0)
-    assert [i.flow_id for i in ctl.flows_read_at(0.1)] == [5000], "between sweeps only the watched flow"
-    # Metadata that makes a flow latency-sensitive puts it under watch; idle flows go at the next sweep.
+    # Metadata that makes a flow latency-sensitive puts it under watch.
     ctl.flow_metadata(7, Metadata(app_protocol="dns", dns_qname="example.org"), 0.5)
     assert set(ctl.watched) == {5000, 7}
-    ctl.flows[5000].last_seen = ctl.flows[7].last_seen = 2.9
-    ctl.tick(1.9)
-    assert len(ctl.flows) == 1001, "not idle for flow_idle_s yet"
-    ctl.tick(2.6)
-    assert set(ctl.flows) == {5000, 7}, "idle unwatched flows were swept"
-    ctl.tick(5.0)
-    assert ctl.flows == {} and ctl.watched == {}, "idle watched flows leave at once"
+    ctl.tick(10.0)
+    assert len(ctl.flows) == 1001, "idle flows stay until the owner of the flow table forgets them"
+    ctl.forget(range(1, 1001), 10.0)
+    assert set(ctl.flows) == {5000} and set(ctl.watched) == {5000}
 
 
 def test_might_mirror_follows_the_policy() -> None:
