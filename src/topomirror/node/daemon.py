@@ -579,7 +579,9 @@ class Node:
         """Forget idle flows: a tenth of the table per run, every 100 ms (one pass over 100,000s
         of entries would stop the packet loop for tens of ms). Flows of one or two packets (a
         probe, a DNS query, a scan) go after `short_flow_idle_s`, the others after `flow_idle_s`."""
-        now, _ = self._now()
+        self.expire_flows(self._now()[0])
+
+    def expire_flows(self, now: float) -> None:
         timers = self.config.timers
         idle, short_idle = timers.flow_idle_s, timers.short_flow_idle_s
         if self._expiry_at >= len(self._expiry_keys):

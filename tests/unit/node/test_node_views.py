@@ -48,3 +48,24 @@ def test_flows_view_is_the_most_recent_flows_and_explain_falls_back_to_the_live_
     [entry] = node.explain("udp 172.16.1.1:10007 ")
     assert entry["kind"] == "live" and "class unknown" in str(entry["reason"])
     assert node.explain("session:99") == []
+
+
+def test_the_flow_table_expires_in_slices_short_flows_first_and_the_controller_forgets_them(node: Node) -> None:
+    assert node.controller is not None
+    timers = node.config.timers
+    for i in range(3000):  # one-packet flows
+        packet = _udp(10_000 + i, 9)
+        node._new_flow(flow_bytes(packet), packet, 0.0).packets = 1  # type: ignore[arg-type]
+    busy = _udp(9000, 9)
+    node._new_flow(flow_bytes(busy), busy, 0.0).packets = 50  # type: ignore[arg-type]
+    assert len(node.controller.flows) == 3001
+    later = timers.short_flow_idle_s + 1  # short flows are idle, the busy one is not yet
+    node.expire_flows(later)
+    assert 1 <= 3001 - len(node.flows) <= 1000, "one run looks at a slice of the table, not all of it"
+    for _ in range(10):
+        node.expire_flows(later)
+    assert [str(f.key) for f in node.flows.values()] == ["udp 172.16.1.1:9000 -> 172.16.2.1:9"]
+    assert set(node.controller.flows) == {f.flow_id for f in node.flows.values()}, "the controller forgot them too"
+    for _ in range(5):
+        node.expire_flows(timers.flow_idle_s + 1)
+    assert node.flows == {} and node.flows_by_id == {} and node.controller.flows == {}
