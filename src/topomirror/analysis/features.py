@@ -38,6 +38,14 @@ NETWORK_FEATURES: tuple[str, ...] = (
     "since_congested_log",
 )
 
+# Features read from the other paths (FeatureExtractor only): paths that share a bottleneck congest
+# together, and one of them often shows the queue a sample before the others do.
+PEER_FEATURES: tuple[str, ...] = (
+    "peer_delay_log",
+    "peer_congested",
+    "peer_recent",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class PathTelemetry:
@@ -71,6 +79,15 @@ class FeatureConfig:
     gradient_tau_ms: float = 30.0
     loss_tau_ms: float = 100.0
     include_metadata: bool = True
+    # Shared-bottleneck scores between paths: weight kept per sample of the path (a memory of
+    # ~2000 samples, under two minutes at 20 samples/s), and pseudo-samples that keep a score
+    # near 0 until a pair has been congested together a few times.
+    peer_memory: float = 0.9995
+    peer_prior: float = 20.0
+
+
+_SINCE_CAP_MS = 10_000.0
+_SINCE_CAP_LOG = math.log1p(_SINCE_CAP_MS)
 
 
 def _decay(dt_ms: float, tau_ms: float) -> float:
@@ -141,7 +158,8 @@ class PathFeatureExtractor:
         self._last_utilisation = utilisation
 
         # "Recently congested" predicts re-congestion (TCP sawtooth, bursts); capped at 10 s.
-        since = 10_000.0 if self._last_congested_ms is None else min(10_000.0, sample.time_ms - self._last_congested_ms)
+        since = (_SINCE_CAP_MS if self._last_congested_ms is None
+                 else min(_SINCE_CAP_MS, sample.time_ms - self._last_congested_ms))
         features = {
             "delay_log": math.log1p(delay),
             "congested_now": 1.0 if congested else 0.0,
@@ -193,18 +211,55 @@ class PathFeatureExtractor:
 
 
 class FeatureExtractor:
-    """One PathFeatureExtractor per path id, created on first sight."""
+    """One PathFeatureExtractor per path id, created on first sight, plus features from its peers.
+
+    Which paths share a bottleneck is learned from the telemetry itself, not from the topology:
+    each ordered pair of paths keeps a decayed Jaccard score of "congested at the same time" (this
+    path's sample against the other's latest one). It uses only current delays, never labels, and
+    it follows routing changes through the decay.
+    """
 
     def __init__(self, config: FeatureConfig | None = None) -> None:
         self.config = config or FeatureConfig()
         self._paths: dict[str, PathFeatureExtractor] = {}
+        # path -> (latest delay in ms, congested then, recency of its last congestion in [0, 1])
+        self._latest: dict[str, tuple[float, bool, float]] = {}
+        # path -> other path -> [decayed count of both congested, decayed count of either congested]
+        self._together: dict[str, dict[str, list[float]]] = {}
 
     @property
     def names(self) -> tuple[str, ...]:
-        return PathFeatureExtractor(self.config).names
+        return NETWORK_FEATURES + PEER_FEATURES + (METADATA_FEATURES if self.config.include_metadata else ())
 
     def update(self, sample: PathTelemetry) -> dict[str, float]:
-        path = self._paths.get(sample.path_id)
+        path_id = sample.path_id
+        path = self._paths.get(path_id)
         if path is None:
-            path = self._paths[sample.path_id] = PathFeatureExtractor(self.config)
-        return path.update(sample)
+            path = self._paths[path_id] = PathFeatureExtractor(self.config)
+            self._together[path_id] = {}
+        features = path.update(sample)
+        congested = features["congested_now"] > 0.5
+        recency = 1.0 - features["since_congested_log"] / _SINCE_CAP_LOG
+        self._latest[path_id] = (max(0.0, sample.queue_delay_ms), congested, recency)
+        keep = self.config.peer_memory
+        prior = self.config.peer_prior
+        together = self._together[path_id]
+        peer_delay = peer_congested = peer_recent = 0.0
+        for other_id, (other_delay, other_congested, other_recency) in self._latest.items():
+            if other_id == path_id:
+                continue
+            counts = together.get(other_id)
+            if counts is None:
+                counts = together[other_id] = [0.0, 0.0]
+            counts[0] = counts[0] * keep + (1.0 if congested and other_congested else 0.0)
+            counts[1] = counts[1] * keep + (1.0 if congested or other_congested else 0.0)
+            similarity = counts[0] / (counts[1] + prior)
+            if similarity > 0.0:
+                peer_delay = max(peer_delay, similarity * math.log1p(other_delay))
+                peer_recent = max(peer_recent, similarity * other_recency)
+                if other_congested:
+                    peer_congested = max(peer_congested, similarity)
+        features["peer_delay_log"] = peer_delay
+        features["peer_congested"] = peer_congested
+        features["peer_recent"] = peer_recent
+        return features

@@ -8,6 +8,7 @@ import pytest
 
 from topomirror.analysis.features import (
     METADATA_FEATURES,
+    PEER_FEATURES,
     FeatureConfig,
     FeatureExtractor,
     PathFeatureExtractor,
@@ -116,3 +117,33 @@ def test_fresh_announcement_counts_only_bytes_announced_within_the_horizon() -> 
     later = extractor.update(_sample(250.0, 8.0, announced_pending_bytes=4_000_000))
     assert later["announced_fresh_log"] == 0.0
     assert later["announced_pending_log"] > 0
+
+
+def test_peers_that_congest_together_lend_each_other_their_queue() -> None:
+    # "a" and "b" share a bottleneck (congested in the same bursts); "c" has a queue of its own.
+    extractor = FeatureExtractor(FeatureConfig(threshold_ms=5.0))
+    for i in range(400):
+        burst = (i // 20) % 3 == 0
+        a = extractor.update(_sample(i * 10.0, 12.0 if burst else 0.3, path="a"))
+        b = extractor.update(_sample(i * 10.0 + 3.0, 11.0 if burst else 0.2, path="b"))
+        c = extractor.update(_sample(i * 10.0 + 6.0, 9.0 if (i // 20) % 3 == 1 else 0.1, path="c"))
+    # The last step was in a burst of "c" only: "a" and "b" are quiet, and so is what they read from
+    # each other; "c" reads nothing from peers it never congested with.
+    assert a["peer_congested"] == b["peer_congested"] == 0.0
+    assert c["peer_congested"] == 0.0 and c["peer_delay_log"] == 0.0
+    # One more sample in a shared burst: "b" sees "a" congested (similarity near 1, less the prior).
+    extractor.update(_sample(4000.0, 12.0, path="a"))
+    b = extractor.update(_sample(4003.0, 0.2, path="b"))
+    assert 0.8 < b["peer_congested"] <= 1.0
+    assert b["peer_delay_log"] == pytest.approx(b["peer_congested"] * math.log1p(12.0))
+    assert 0.0 < b["peer_recent"] <= b["peer_congested"]
+    assert set(extractor.names) == set(b)
+
+
+def test_peer_features_need_no_metadata_and_stay_in_the_ablation() -> None:
+    assert not set(PEER_FEATURES) & set(METADATA_FEATURES)
+    extractor = FeatureExtractor(FeatureConfig(include_metadata=False))
+    features = extractor.update(_sample(0.0, 0.0))
+    assert set(PEER_FEATURES) <= set(features)
+    assert tuple(features) == extractor.names
+    assert all(features[name] == 0.0 for name in PEER_FEATURES)  # a lone path has no peers
