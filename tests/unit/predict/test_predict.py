@@ -134,8 +134,15 @@ def test_running_scaler_standardises() -> None:
     for value in (1.0, 2.0, 3.0, 4.0):
         scaler.learn({"x": value, "constant": 7.0})
     scaled = scaler.transform({"x": 2.5, "constant": 7.0, "unseen": 3.0})
-    assert scaled == {"x": 0.0, "constant": 0.0, "unseen": 0.0}
+    # Constant and unseen features carry nothing: left out, as a 0 would count in a linear model.
+    assert scaled == {"x": 0.0}
     assert scaler.transform({"x": 2.5 + np.std([1, 2, 3, 4])})["x"] == pytest.approx(1.0)
+    # learn_transform is learn then transform, in one pass.
+    fused, separate = RunningScaler(), RunningScaler()
+    for value in (1.0, 5.0, 2.0, 8.0):
+        sample = {"x": value, "y": -value, "constant": 7.0}
+        separate.learn(sample)
+        assert fused.learn_transform(sample) == pytest.approx(separate.transform(sample))
 
 
 def test_online_logistic_learns_a_separable_signal() -> None:
