@@ -149,6 +149,7 @@ class Node:
         self.flows_by_id: dict[int, FlowEntry] = {}
         self._expiry_keys: list[bytes] = []  # the pass of `_expire_flows` under way, and where it is
         self._expiry_at = 0
+        self._heard_counts: dict[str, int] = {}  # peer -> packets from it on its standard path, at the last tick
         self.analysis_queue: deque[tuple[int, bytes]] = deque()
         self.analysis_dropped = 0
         self.controller = None
@@ -474,9 +475,14 @@ class Node:
             if entry is not None:
                 info.last_seen = entry.last_seen
         self._check_relays(now)
+        heard_counts = self._heard_counts
         for peer in self.engine.peers.values():
             if not peer.relay and peer.standard is not None and peer.standard.last_sent:
                 controller.sending(peer.name, peer.standard.last_sent)
+                meter = peer.meters.meters.get(0) if peer.meters is not None else None
+                if meter is not None and heard_counts.get(peer.name) != meter.total_packets:
+                    heard_counts[peer.name] = meter.total_packets
+                    controller.heard(peer.name, now)
         for action in controller.tick(now):
             if isinstance(action, InstallVC | RenewVC):
                 relay = self.engine.peers_by_name.get(action.relay)

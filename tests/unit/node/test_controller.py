@@ -230,6 +230,36 @@ def test_a_standard_path_that_stops_reporting_while_we_send_is_degraded() -> Non
     assert ctl.paths["h1"].silent_since is None and ctl.paths["h1"].degraded_since is None
 
 
+def test_a_peer_that_talked_every_20_ms_and_stops_makes_the_path_silent_within_100_ms() -> None:
+    ctl = controller(Policy.REACTIVE)
+    ctl.new_flow(1, RPC, "h1", 0.0)
+    ctl.feedback("h1", [report(0, 100)], 0.9)  # the last report, 80 ms before the link goes down
+    for step in range(50):  # its responses arrive at every 20 ms tick
+        t = 0.02 * step
+        ctl.heard("h1", t)
+        ctl.sending("h1", t)
+    assert abs(ctl.paths["h1"].heard_gap - 0.02) < 0.005
+    t = 0.98  # the link goes down: we keep sending, nothing comes back
+    while not [a for a in ctl.tick(t) if isinstance(a, InstallVC)]:
+        t = round(t + 0.02, 2)
+        ctl.sending("h1", t)
+        ctl.flow_seen(1, t)
+        assert t < 1.1, "not silent 120 ms after the peer fell quiet"
+    assert t - 0.98 >= 0.06, "a gap of a few of its usual ones is not yet silence"
+    [decision] = [d for d in ctl.take_decisions() if d.kind == "path_silent"]
+    assert "nothing from h1 on its standard path" in decision.reason
+    # A peer heard only now and then (probes, feedback) falls back to the report rule (200 ms).
+    quiet = controller(Policy.REACTIVE)
+    quiet.new_flow(1, RPC, "h1", 0.0)
+    quiet.feedback("h1", [report(0, 100)], 1.0)
+    for step in range(10):
+        quiet.heard("h1", 0.1 * step)
+    quiet.sending("h1", 1.15)
+    quiet.flow_seen(1, 1.15)
+    assert not [a for a in quiet.tick(1.15) if isinstance(a, InstallVC)]
+    assert not quiet.paths["h1"].silent_since
+
+
 def test_an_idle_sender_is_not_silent_and_always_never_tears_down() -> None:
     ctl = controller(Policy.REACTIVE)
     ctl.new_flow(1, RPC, "h1", 0.0)
