@@ -73,7 +73,8 @@ class PolicyRun:
     background: list[dict[str, float]] = field(default_factory=list)
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     paths: dict[str, Any] = field(default_factory=dict)
-    sessions: list[dict[str, Any]] = field(default_factory=list)
+    sessions: list[dict[str, Any]] = field(default_factory=list)  # h3's (the RPC server's node) decisions
+    source_sessions: list[dict[str, Any]] = field(default_factory=list)  # h1's (the RPC client's node)
     started_monotonic: float = 0.0
     started_wall: float = 0.0
 
@@ -166,6 +167,7 @@ def run_policy(base: LabSpec, policy: str, plan_schedule: Schedule, *, congested
             run.nodes[host] = fetch("/status", socket_path=socket_path)
         run.paths = fetch("/paths?last=1000", socket_path=api_socket(registry, "h3")).get("h1", {})
         run.sessions = _session_log(node_dir(registry, "h3") / "node.db")
+        run.source_sessions = _session_log(node_dir(registry, "h1") / "node.db")
     finally:
         destroy(spec)
     return run
@@ -178,7 +180,7 @@ def _session_log(db: Path) -> list[dict[str, Any]]:
         return []
     with contextlib.closing(sqlite3.connect(str(db))) as conn:
         rows = conn.execute("SELECT at, subject, kind, reason FROM decisions WHERE kind IN "
-                            "('mirror', 'session_state', 'announce', 'adapt') ORDER BY id").fetchall()
+                            "('mirror', 'session_state', 'announce', 'adapt', 'path_silent') ORDER BY id").fetchall()
     return [{"at": at, "subject": s, "kind": k, "reason": r} for at, s, k, r in rows]
 
 
