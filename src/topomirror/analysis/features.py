@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 # Features that come from application metadata (announced bulk transfers). Dropping them is the
 # ablation that shows how much of the prediction is "application-aware" rather than reactive.
@@ -226,6 +227,12 @@ class FeatureExtractor:
         self._latest: dict[str, tuple[float, bool, float]] = {}
         # path -> other path -> [decayed count of both congested, decayed count of either congested]
         self._together: dict[str, dict[str, list[float]]] = {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A predictor pickled before the peer features existed has no peer state: start it empty.
+        state.setdefault("_latest", {})
+        state.setdefault("_together", {path_id: {} for path_id in state.get("_paths", {})})
+        self.__dict__.update(state)
 
     @property
     def names(self) -> tuple[str, ...]:

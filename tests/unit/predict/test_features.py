@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import pytest
 
@@ -147,3 +148,15 @@ def test_peer_features_need_no_metadata_and_stay_in_the_ablation() -> None:
     assert set(PEER_FEATURES) <= set(features)
     assert tuple(features) == extractor.names
     assert all(features[name] == 0.0 for name in PEER_FEATURES)  # a lone path has no peers
+
+
+def test_an_extractor_pickled_before_the_peer_features_still_updates() -> None:
+    extractor = FeatureExtractor()
+    extractor.update(_sample(0.0, 1.0, path="a"))
+    state = dict(extractor.__dict__)
+    del state["_latest"], state["_together"]  # what an older pickle holds
+    restored = FeatureExtractor.__new__(FeatureExtractor)
+    restored.__setstate__(state)
+    features = restored.update(_sample(10.0, 1.0, path="a"))
+    assert features["delay_ewma_fast"] == pytest.approx(1.0) and features["peer_delay_log"] == 0.0
+    assert pickle.loads(pickle.dumps(restored)).update(_sample(20.0, 1.0, path="b"))["peer_congested"] == 0.0
