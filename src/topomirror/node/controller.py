@@ -123,8 +123,9 @@ class PeerPath:
     history: deque[tuple[float, float, float]] = field(default_factory=lambda: deque(maxlen=600))
     last_sent: float = 0.0  # when this node last sent on the standard path (the daemon says)
     silent_since: float | None = None  # sending, yet no report about the path: it delivers nothing
+    first_sent: float = 0.0  # when this node first sent on the path (silence counts from here)
     heard_at: float = 0.0  # when a packet from the peer on its standard path last arrived (the daemon says)
-    heard_gap: float = 0.1  # smoothed time between such arrivals (as often as the daemon looks)
+    heard_gap: float = 0.1  # smoothed time between such arrivals
 
 
 class Controller:
@@ -450,14 +451,19 @@ class Controller:
 
     def sending(self, peer: str, last_sent: float) -> None:
         """The daemon's account of when it last sent on the standard path to `peer`."""
-        self.paths.setdefault(peer, PeerPath(peer)).last_sent = last_sent
-
-    def heard(self, peer: str, at: float) -> None:
-        """The daemon's account of when a packet from `peer` on its standard path last arrived."""
         path = self.paths.setdefault(peer, PeerPath(peer))
-        if at > path.heard_at:
+        path.last_sent = last_sent
+        if not path.first_sent:
+            path.first_sent = last_sent
+
+    def heard(self, peer: str, at: float, packets: int = 1) -> None:
+        """The daemon's account: `packets` from `peer` on its standard path arrived since its last
+        account, the last of them by `at` (it looks every tick, so `at` is a tick's time)."""
+        path = self.paths.setdefault(peer, PeerPath(peer))
+        if at > path.heard_at and packets > 0:
             if path.heard_at:
-                path.heard_gap += (min(at - path.heard_at, 1.0) - path.heard_gap) / 4
+                gap = min(at - path.heard_at, 1.0) / packets
+                path.heard_gap += (gap - path.heard_gap) / 4
             path.heard_at = at
 
     def _check_silence(self, now: float) -> None:
@@ -469,12 +475,14 @@ class Controller:
         for path in self.paths.values():
             if now - path.last_sent >= limit:
                 continue  # not sending: nothing to miss
-            sending = path.last_sent > path.last_report_at + limit / 2
+            reported = max(path.last_report_at, path.first_sent)  # a path that never reported: since it started
+            sending = path.last_sent > reported + limit / 2
             why = None
-            if sending and now - path.last_report_at > limit:
+            if sending and now - reported > limit:
                 why = (f"no report about the standard path to {path.peer} for "
-                       f"{(now - path.last_report_at) * 1000:.0f} ms")
+                       f"{(now - reported) * 1000:.0f} ms")
             else:
+                # A tick's sampling (20 ms) is in the gap estimate's noise; at least `quick_silence_s`.
                 quick = min(limit, max(self.settings.quick_silence_s, 4 * path.heard_gap))
                 news = max(path.last_report_at, path.heard_at)
                 if path.heard_at and path.last_sent > news + quick / 2 and now - news > quick:

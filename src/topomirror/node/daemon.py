@@ -467,8 +467,12 @@ class Node:
 
         controller = self.controller
         assert controller is not None and self.sock is not None
+        if self.udp is not None:
+            # After a stall of the loop (or of the process), timers run before the reads: take
+            # what arrived first, or the quiet would read as a silent path.
+            self._on_udp()
         now, now_us = self._now()
-        # Only the flows this tick looks at (all of them at the controller's idle sweep).
+        # Only the flows this tick looks at (the watched ones).
         flows_by_id = self.flows_by_id
         for info in controller.flows_read_at(now):
             entry = flows_by_id.get(info.flow_id)
@@ -481,8 +485,9 @@ class Node:
                 controller.sending(peer.name, peer.standard.last_sent)
                 meter = peer.meters.meters.get(0) if peer.meters is not None else None
                 if meter is not None and heard_counts.get(peer.name) != meter.total_packets:
+                    arrived = meter.total_packets - heard_counts.get(peer.name, 0)
                     heard_counts[peer.name] = meter.total_packets
-                    controller.heard(peer.name, now)
+                    controller.heard(peer.name, now, max(1, arrived))
         for action in controller.tick(now):
             if isinstance(action, InstallVC | RenewVC):
                 relay = self.engine.peers_by_name.get(action.relay)
