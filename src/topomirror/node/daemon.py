@@ -149,6 +149,7 @@ class Node:
         self.flows_by_id: dict[int, FlowEntry] = {}
         self._expiry_keys: list[bytes] = []  # the pass of `_expire_flows` under way, and where it is
         self._expiry_at = 0
+        self._sent_counts: dict[str, int] = {}  # peer -> data packets we sent it on the standard path, at the last tick
         self._heard_counts: dict[str, int] = {}  # peer -> packets from it on its standard path, at the last tick
         self.analysis_queue: deque[tuple[int, bytes]] = deque()
         self.analysis_dropped = 0
@@ -479,10 +480,13 @@ class Node:
             if entry is not None:
                 info.last_seen = entry.last_seen
         self._check_relays(now)
-        heard_counts = self._heard_counts
+        heard_counts, sent_counts = self._heard_counts, self._sent_counts
         for peer in self.engine.peers.values():
             if not peer.relay and peer.standard is not None and peer.standard.last_sent:
-                controller.sending(peer.name, peer.standard.last_sent)
+                # Data sent since the last look (probes and feedback do not make a path "in use").
+                if sent_counts.get(peer.name) != peer.standard.packets:
+                    sent_counts[peer.name] = peer.standard.packets
+                    controller.sending(peer.name, now)
                 meter = peer.meters.meters.get(0) if peer.meters is not None else None
                 if meter is not None and heard_counts.get(peer.name) != meter.total_packets:
                     arrived = meter.total_packets - heard_counts.get(peer.name, 0)
