@@ -25,14 +25,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from topomirror.analysis.classify import Classifier
+from topomirror.analysis.classify import Classifier, format_bytes
 from topomirror.analysis.decide import DecisionConfig, FlowSummary, decide
 from topomirror.analysis.features import PathTelemetry
 from topomirror.analysis.metadata import Metadata
 from topomirror.analysis.predict import CongestionPredictor, PathForecast, PredictorConfig
 from topomirror.dataplane.packet import FlowKey
 from topomirror.topology.budget import SessionBudget
-from topomirror.topology.graph import NetworkGraph
+from topomirror.topology.graph import NetworkGraph, Segment
 from topomirror.topology.paths import MirrorPlan, NoPlan, plan_mirror, plan_reroute
 from topomirror.topology.request import MirrorRequest
 from topomirror.topology.session import (
@@ -61,7 +61,10 @@ class ControllerSettings:
     probability_threshold: float = 0.5
     degraded_delay_us: float = 2000.0  # the congestion threshold: 2 ms of queueing
     degraded_loss: float = 0.01
-    announce_min_bytes: int = 500_000  # a transfer this big is worth telling the neighbours about
+    announce_min_bytes: int = 500_000  # a transfer this big is worth telling the neighbours about ...
+    # ... and, where the path's narrowest link has a known capacity, one that would hold it for this
+    # long (a queue the latency-sensitive flows would feel: 75 kB on 30 Mbit/s).
+    announce_min_ms: float = 20.0
     announce_rate_bps: float = 100e6  # to turn announced bytes into an expected duration
     flow_idle_s: float = 2.0  # withdraw a flow's session after this long without packets
     session_rate_bps: float = 50e6  # token bucket on each session's mirror copy
@@ -241,14 +244,15 @@ class Controller:
             self._rewatch(info)
             self._decide(f"flow:{info.key}", "classified", f"class {info.traffic_class}: {info.class_reason}")
         announced = metadata.announced_bytes or 0
-        if announced < self.settings.announce_min_bytes or self.graph is None:
+        if not announced or self.graph is None:
             return []
         segment = self.graph.segment(self.me, info.peer)
-        if segment is None:
+        if segment is None or announced < self.worth_announcing(segment):
             return []
         hops = tuple((link, a, b) for link, a, b in zip(segment.links, segment.nodes, segment.nodes[1:], strict=False))
-        duration_ms = int(1000 * announced * 8 / self.settings.announce_rate_bps) + 200
-        reason = (f"{metadata.announced_by or 'metadata'} announces {announced / 1e6:.1f} MB from {self.me} to "
+        rate = min(self.settings.announce_rate_bps, segment.capacity_bps or self.settings.announce_rate_bps)
+        duration_ms = int(1000 * announced * 8 / rate) + 200
+        reason = (f"{metadata.announced_by or 'metadata'} announces {format_bytes(announced)} from {self.me} to "
                   f"{info.peer} over {', '.join(segment.links)}")
         # Recorded under every policy (it is telemetry); acted on and shared only by `predictive`.
         self._decide(f"flow:{info.key}", "announce", reason, bytes=announced, links=list(segment.links))
@@ -268,6 +272,14 @@ class Controller:
 
     def _host_peers(self) -> list[str]:
         return list(self.host_peers) if self.host_peers else list(self.paths)
+
+    def worth_announcing(self, segment: Segment | None) -> int:
+        """The bytes from which a transfer over `segment` is worth telling about: as many as hold
+        its narrowest link for `announce_min_ms`, at most `announce_min_bytes`."""
+        capacity = segment.capacity_bps if segment is not None else None
+        if not capacity:
+            return self.settings.announce_min_bytes
+        return min(self.settings.announce_min_bytes, int(capacity / 8 * self.settings.announce_min_ms / 1000))
 
     def announced_on_path(self, peer: str, now: float) -> int:
         if self.graph is None:
@@ -421,8 +433,9 @@ class Controller:
             return False, "standard path healthy"
         announced = self.announced_on_path(info.peer, now)
         forecast = path.forecast if path else None
-        if announced >= self.settings.announce_min_bytes:
-            return True, (f"{announced / 1e6:.1f} MB announced on the standard path to {info.peer} "
+        segment = self.graph.segment(self.me, info.peer) if self.graph is not None else None
+        if announced and announced >= self.worth_announcing(segment):
+            return True, (f"{format_bytes(announced)} announced on the standard path to {info.peer} "
                           f"(application metadata)")
         if forecast is None or path is None or len(path.history) < self.settings.warmup_reports:
             return False, "the predictor is still warming up on this path"

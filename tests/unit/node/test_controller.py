@@ -87,6 +87,27 @@ def test_bulk_flows_are_never_mirrored_and_metadata_announces() -> None:
     assert not [a for a in ctl.tick(0.02) if isinstance(a, InstallVC)]
 
 
+def test_a_transfer_is_worth_announcing_when_it_would_hold_the_narrowest_link_for_20_ms() -> None:
+    def announces(nbytes: int, graph_capacity: bool = True) -> bool:
+        ctl = controller(Policy.PREDICTIVE, me="h4")
+        if not graph_capacity:
+            ctl.graph = NetworkGraph.from_lab_spec(load_lab(DIAMOND).model_copy(update={"links": [
+                link.model_copy(update={"bw": None}) for link in load_lab(DIAMOND).links]}))
+        ctl.new_flow(7, FlowKey("172.16.4.1", "172.16.2.1", 6, 8080, 50000), "h2", 0.0)
+        return bool(ctl.flow_metadata(7, Metadata(app_protocol="http", http_status=200, announced_bytes=nbytes,
+                                                  announced_by="HTTP response Content-Length"), 0.01))
+    # The core is 30 Mbit/s: 20 ms of it is 75 kB.
+    assert announces(100_000) and not announces(50_000)
+    assert not announces(100_000, graph_capacity=False), "capacity unknown: only from announce_min_bytes"
+    assert announces(600_000, graph_capacity=False)
+    ctl = controller(Policy.PREDICTIVE)
+    ctl.new_flow(1, RPC, "h1", 0.0)
+    ctl.announcement("h4", (("core", "e2", "e1"),), 100_000, 230, 0.0)
+    actions, _ = _run_until_active(ctl, 0.0)
+    assert [a for a in actions if isinstance(a, StartDuplication)]
+    assert "100 kB announced on the standard path to h1" in ctl.sessions[1].request.reason
+
+
 def test_idle_flow_withdraws_its_session() -> None:
     ctl = controller(Policy.ALWAYS)
     ctl.new_flow(1, RPC, "h1", 0.0)
