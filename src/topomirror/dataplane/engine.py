@@ -102,7 +102,7 @@ class Engine:
         self.drops = dict.fromkeys(DROP_REASONS, 0)
         self.counters = {"tx_packets": 0, "tx_copies": 0, "tx_bytes": 0, "rx_datagrams": 0,
                          "delivered": 0, "forwarded": 0, "probes_rx": 0, "feedback_rx": 0,
-                         "control_rx": 0}
+                         "control_rx": 0, "tx_resent": 0}
 
     # -- peers -------------------------------------------------------------------------
     def add_peer(self, peer_id: int, name: str, key: bytes, address: Address, relay: bool) -> PeerLink:
@@ -154,6 +154,16 @@ class Engine:
         counters["tx_copies"] += len(routes)
         counters["tx_bytes"] += size * len(routes)
         return out
+
+    def resend(self, peer: PeerLink, route: PathRoute, packet: bytes, seq: int, now: float,
+               now_us: int) -> tuple[bytes, Address]:
+        """`packet` again, under the session sequence `seq` it was first sent with, on `route`: the
+        destination delivers it if no copy of `seq` arrived and drops it as a duplicate otherwise."""
+        route.last_sent = now
+        route.packets += 1
+        route.bytes += len(packet)
+        self.counters["tx_resent"] += 1
+        return self._seal(peer, MessageType.DATA, route, seq, packet, now_us), route.address
 
     def message(self, peer: PeerLink, kind: MessageType, payload_obj: Feedback | Control | Probe,
                 routes: list[PathRoute], now: float, now_us: int) -> list[tuple[bytes, Address]]:

@@ -479,6 +479,24 @@ class Controller:
                 path.heard_gap += (gap - path.heard_gap) / 4
             path.heard_at = at
 
+    def lost_since(self, peer: str, now: float, horizon_s: float = 0.25) -> float | None:
+        """While the standard path to `peer` is silent: from when on what we sent may be lost (a
+        little before we last heard from the peer; at most `horizon_s`, the receiver's de-dup
+        skew, ago). None while it is not silent."""
+        path = self.paths.get(peer)
+        if path is None or path.silent_since is None:
+            return None
+        heard = path.heard_at or path.last_report_at
+        return max(now - horizon_s, heard - 0.05)
+
+    def resent(self, flow_id: int, packets: int, since: float, now: float) -> None:
+        """The daemon sent a flow's last `packets` (sent since `since`) again on its new mirror path."""
+        info = self.flows.get(flow_id)
+        if info is not None:
+            self._decide(f"flow:{info.key}", "resent", f"{packets} packets sent in the last "
+                         f"{(now - since) * 1000:.0f} ms again on the mirror path: the standard path fell silent",
+                         packets=packets)
+
     def _check_silence(self, now: float) -> None:
         """A destination reports every path it hears from about every 100 ms (FEEDBACK on all
         paths). A standard path we keep sending on without a report for `silence_s` delivers

@@ -50,6 +50,7 @@ from topomirror.wire.messages import Control, Feedback, Probe
 
 log = logging.getLogger("topomirror.node")
 BATCH = 64
+RECENT_PACKETS = 256  # per flow a policy might mirror: what can be sent again when its path falls silent
 _NO_PEER = FlowDecision(None, "no peer owns the destination")
 
 
@@ -66,6 +67,9 @@ class FlowEntry:
     bytes: int = 0
     session_id: int | None = None
     bucket: TokenBucket | None = None  # the session's budget on the mirror copy
+    # (sent at, session sequence, packet) of the last packets of a flow a policy might mirror: sent
+    # again on the mirror path when one opens because the standard path fell silent.
+    recent: deque[tuple[float, int, bytes]] | None = None
     copies_denied: int = 0
 
 
@@ -284,6 +288,8 @@ class Node:
             if self.controller is not None:
                 self.budget.record_original(len(packet))
             out.extend(engine.encapsulate(peer, routes, packet, now, now_us))
+            if flow.recent is not None:
+                flow.recent.append((now, peer.tx_seq, packet))
         if out:
             self._send_all(out)
 
@@ -479,6 +485,8 @@ class Node:
             entry = flows_by_id.get(info.flow_id)
             if entry is not None:
                 info.last_seen = entry.last_seen
+                if entry.recent is None:
+                    entry.recent = deque(maxlen=RECENT_PACKETS)
         self._check_relays(now)
         heard_counts, sent_counts = self._heard_counts, self._sent_counts
         for peer in self.engine.peers.values():
@@ -581,6 +589,17 @@ class Node:
             entry.bucket = None  # engarde-style: every packet, no budget
         else:
             entry.bucket = TokenBucket(SessionBudget(action.rate_bytes_per_s * 8, action.burst_bytes), now)
+        since = controller.lost_since(entry.peer.name, now) if entry.peer is not None else None
+        if since is not None and entry.recent and entry.peer is not None:
+            # The standard path went silent: what was sent since is likely lost. Send it again on
+            # the mirror path under its own sequence numbers (the destination drops what did
+            # arrive as duplicates), rather than leave it to TCP's retransmission timer (>= 200 ms).
+            now_us = time.monotonic_ns() // 1000
+            again = [self.engine.resend(entry.peer, entry.mirror, packet, seq, now, now_us)
+                     for sent, seq, packet in entry.recent if sent >= since]
+            if again:
+                self._send_all(again)
+                controller.resent(entry.flow_id, len(again), since, now)
 
     def _store_tick(self) -> None:
         if self.store is not None:

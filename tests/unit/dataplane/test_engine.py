@@ -138,3 +138,29 @@ def test_control_messages_between_data_do_not_look_like_loss() -> None:
             b.receive(probe, 1.0, 1100 + n)
     [report] = b.peers[1].meters.build(100).paths  # type: ignore[union-attr]
     assert report.lost == 0 and report.packets == 27
+
+
+def test_a_resent_packet_keeps_its_sequence_delivered_if_lost_dropped_if_it_arrived() -> None:
+    a, b, r = build()
+    peer = a.peers[2]
+    standard = peer.standard
+    assert standard is not None
+    [(arrived, _)] = a.encapsulate(peer, [standard], b"arrived", now=1.0, now_us=1_000_000)
+    seq_arrived = peer.tx_seq
+    a.encapsulate(peer, [standard], b"lost", now=1.01, now_us=1_010_000)  # the link is down: never arrives
+    seq_lost = peer.tx_seq
+    [(later, _)] = a.encapsulate(peer, [standard], b"later", now=1.02, now_us=1_020_000)
+    assert b.receive(arrived, 1.0, 1_000_100)[:2] == (DELIVER, b"arrived")
+    assert b.receive(later, 1.02, 1_020_100)[:2] == (DELIVER, b"later")
+    mirror = peer.mirrors["via-r"]
+    cases = ((b"arrived", seq_arrived, (DROP, "duplicate")), (b"lost", seq_lost, (DELIVER, b"lost")))
+    for packet, seq, expected in cases:
+        datagram, address = a.resend(peer, mirror, packet, seq, 1.1, 1_100_000)
+        assert address == R
+        kind, forwarded, _ = r.receive(datagram, 1.1, 1_100_050)
+        assert kind == FORWARD
+        assert b.receive(forwarded, 1.1, 1_100_100)[:2] == expected  # type: ignore[arg-type]
+    # Once is enough: the same resend again is a replay on that path.
+    datagram, _ = a.resend(peer, mirror, b"lost", seq_lost, 1.2, 1_200_000)
+    assert b.receive(r.receive(datagram, 1.2, 1_200_050)[1], 1.2, 1_200_100)[:2] == (DROP, "replay")  # type: ignore[arg-type]
+    assert a.counters["tx_resent"] == 3

@@ -269,6 +269,9 @@ def test_a_peer_that_talked_every_20_ms_and_stops_makes_the_path_silent_within_1
     assert t - 0.98 >= 0.06, "a gap shorter than quick_silence_s is not yet silence"
     [decision] = [d for d in ctl.take_decisions() if d.kind == "path_silent"]
     assert "nothing from h1 on its standard path" in decision.reason
+    # What went out since a little before we last heard from h1 is what to send again.
+    assert ctl.lost_since("h1", t) == 0.98 - 0.05
+    assert ctl.lost_since("h2", t) is None
     # A peer heard only now and then (probes, feedback) falls back to the report rule (200 ms).
     quiet = controller(Policy.REACTIVE)
     quiet.new_flow(1, RPC, "h1", 0.0)
