@@ -1,0 +1,22 @@
+"""`bench flows` verdicts from its trials (pure: the lab runs are the e2e test's business)."""
+
+from __future__ import annotations
+
+from topomirror.benchmarks.flows import summarise
+
+
+def _trials(base: float, loaded: float, control: float, decided: float) -> list[dict[str, object]]:
+    common = {"offered_flows_per_s": 4999.6, "decided_flows_per_s": decided, "analysis_dropped": 0}
+    return [{"mode": "baseline", "gbps": base}, {"mode": "with_flows", "gbps": loaded, **common},
+            {"mode": "same_flow", "gbps": control, **common, "decided_flows_per_s": 0.1}]
+
+
+def test_decisions_alone_are_judged_against_the_same_packets_on_one_flow() -> None:
+    result = summarise(_trials(0.25, 0.16, 0.17, 4999.6), rate=5000, seconds=5.0)
+    assert result["throughput_drop_pct"] == 36.0 and result["verdict"] == "missed"
+    assert result["decision_drop_pct"] == 5.9 and result["verdict_decisions_only"] == "met"
+
+
+def test_a_node_that_decides_too_few_flows_misses_both() -> None:
+    result = summarise(_trials(0.25, 0.25, 0.25, 4000.0), rate=5000, seconds=5.0)
+    assert result["verdict"] == "missed" and result["verdict_decisions_only"] == "missed"
