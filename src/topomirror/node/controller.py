@@ -126,6 +126,7 @@ class PeerPath:
     history: deque[tuple[float, float, float]] = field(default_factory=lambda: deque(maxlen=600))
     last_sent: float = 0.0  # when this node last sent on the standard path (the daemon says)
     silent_since: float | None = None  # sending, yet no report about the path: it delivers nothing
+    silent_why: str = ""
     first_sent: float = 0.0  # when this node first sent on the path (silence counts from here)
     heard_at: float = 0.0  # when a packet from the peer on its standard path last arrived (the daemon says)
     heard_gap: float = 0.1  # smoothed time between such arrivals
@@ -166,6 +167,7 @@ class Controller:
         self.sessions_opened = 0
         self.restored: dict[str, dict[str, Any]] = {}
         self.unwatched_new_flows = 0
+        self.silenced: list[str] = []  # see take_silenced
 
     # -- events ---------------------------------------------------------------------------
     def _decide(self, subject: str, kind: str, reason: str, **detail: Any) -> None:
@@ -424,8 +426,7 @@ class Controller:
             return False, f"class {info.traffic_class}: only latency-sensitive flows are protected"
         degraded = path is not None and path.degraded_since is not None
         if degraded and path is not None and path.silent_since is not None:
-            return True, (f"standard path to {info.peer} silent: no report for "
-                          f"{(now - path.last_report_at) * 1000:.0f} ms while sending")
+            return True, f"standard path to {info.peer} silent: {path.silent_why}"
         if degraded and path is not None and path.last_report is not None:
             return True, (f"standard path to {info.peer} degraded: relative delay "
                           f"{path.last_report.owd_avg_us / 1000:.1f} ms")
@@ -520,11 +521,28 @@ class Controller:
                     why = (f"nothing from {path.peer} on its standard path for {(now - news) * 1000:.0f} ms "
                            f"(it came every {path.heard_gap * 1000:.0f} ms) and no report")
             if why is not None:
-                if path.silent_since is None:
-                    path.silent_since = now
-                    self._decide(f"peer:{path.peer}", "path_silent", f"{why} while sending on it")
-                if path.degraded_since is None:
-                    path.degraded_since = now
+                self._silent(path, f"{why} while sending on it", now)
+
+    def _silent(self, path: PeerPath, why: str, now: float) -> None:
+        if path.silent_since is None:
+            path.silent_since, path.silent_why = now, why
+            self.silenced.append(path.peer)
+            self._decide(f"peer:{path.peer}", "path_silent", why)
+        if path.degraded_since is None:
+            path.degraded_since = now
+
+    def peer_says_silent(self, peer: str, now: float) -> None:
+        """`peer` found the standard path between us silent: a failed link or router is usually
+        down both ways, and this side may not be sending enough to notice soon by itself."""
+        path = self.paths.setdefault(peer, PeerPath(peer))
+        if path.silent_since is None:
+            self._silent(path, f"{peer} says the standard path between us fell silent", now)
+            self.silenced.remove(peer)  # it knows: nothing to tell it back
+
+    def take_silenced(self) -> list[str]:
+        """Peers whose standard path this node found silent since the last call (to tell them)."""
+        out, self.silenced = self.silenced, []
+        return out
 
     def tick(self, now: float) -> list[Action]:
         actions: list[Action] = []

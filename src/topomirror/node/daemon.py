@@ -154,6 +154,7 @@ class Node:
         self._expiry_keys: list[bytes] = []  # the pass of `_expire_flows` under way, and where it is
         self._expiry_at = 0
         self._sent_counts: dict[str, int] = {}  # peer -> data packets we sent it on the standard path, at the last tick
+        self._to_tell_silent: set[str] = set()  # peers to tell, on the first mirror path that opens
         self._heard_counts: dict[str, int] = {}  # peer -> packets from it on its standard path, at the last tick
         self.analysis_queue: deque[tuple[int, bytes]] = deque()
         self.analysis_dropped = 0
@@ -364,6 +365,12 @@ class Node:
         elif message.op == "vc_remove":
             self.engine.remove_vc(peer.id, message.channel)
             reply = Control("ack", message.request_id, message.channel)
+        elif message.op == "silent":
+            if self.controller is not None:
+                self.controller.peer_says_silent(peer.name, now)
+                if self.loop is not None:
+                    self.loop.call_soon(self._controller_tick)  # mirror around it now
+            return
         elif message.op == "announce":
             if self.controller is not None:
                 data = json.loads(message.detail)
@@ -500,7 +507,9 @@ class Node:
                     arrived = meter.total_packets - heard_counts.get(peer.name, 0)
                     heard_counts[peer.name] = meter.total_packets
                     controller.heard(peer.name, now, max(1, arrived))
-        for action in controller.tick(now):
+        actions = controller.tick(now)
+        self._to_tell_silent.update(controller.take_silenced())
+        for action in actions:
             if isinstance(action, InstallVC | RenewVC):
                 relay = self.engine.peers_by_name.get(action.relay)
                 next_name = getattr(action, "next_hop", None)
@@ -600,6 +609,13 @@ class Node:
             if again:
                 self._send_all(again)
                 controller.resent(entry.flow_id, len(again), since, now)
+        if since is not None and entry.peer is not None and entry.peer.name in self._to_tell_silent:
+            # Tell the peer, on the path that works: it may not be sending enough to notice soon.
+            self._to_tell_silent.discard(entry.peer.name)
+            message = Control("silent", 0, 0)
+            for datagram, address in self.engine.message(entry.peer, MessageType.CONTROL, message, [entry.mirror],
+                                                          now, time.monotonic_ns() // 1000):
+                self._send(datagram, address)
 
     def _store_tick(self) -> None:
         if self.store is not None:

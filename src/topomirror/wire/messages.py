@@ -43,7 +43,9 @@ class Feedback:
 
 @dataclass(frozen=True)
 class Control:
-    """`op` is vc_install | vc_remove | ack | nack. Idempotent: same request, same result."""
+    """`op` is vc_install | vc_remove | ack | nack (relay virtual connections: idempotent, same
+    request, same result), announce (a bulk transfer on links) or silent (the standard path
+    between sender and receiver fell silent)."""
 
     op: str
     request_id: int

@@ -284,6 +284,25 @@ def test_a_peer_that_talked_every_20_ms_and_stops_makes_the_path_silent_within_1
     assert not quiet.paths["h1"].silent_since
 
 
+def test_a_peer_that_says_the_path_fell_silent_is_believed_and_not_told_back() -> None:
+    ctl = controller(Policy.REACTIVE)
+    ctl.new_flow(1, RPC, "h1", 0.0)
+    ctl.feedback("h1", [report(0, 100)], 1.0)
+    ctl.flow_seen(1, 1.0)
+    ctl.peer_says_silent("h1", 1.01)
+    actions, _ = _run_until_active(ctl, 1.01)
+    assert [a for a in actions if isinstance(a, StartDuplication)]
+    assert "h1 says the standard path between us fell silent" in ctl.sessions[1].request.reason
+    assert ctl.take_silenced() == []
+    # Found silent here: the daemon is to tell the peer (once).
+    other = controller(Policy.REACTIVE)
+    other.feedback("h1", [report(0, 100)], 0.0)
+    other.sending("h1", 0.01)
+    other.sending("h1", 0.3)
+    other.tick(0.3)
+    assert other.take_silenced() == ["h1"] and other.take_silenced() == []
+
+
 def test_a_path_is_not_silent_the_moment_it_starts_sending_but_is_if_it_never_reports() -> None:
     ctl = controller(Policy.REACTIVE)
     ctl.new_flow(1, RPC, "h1", 100.0)
