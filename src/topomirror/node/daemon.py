@@ -50,7 +50,7 @@ from topomirror.wire.messages import Control, Feedback, Probe
 
 log = logging.getLogger("topomirror.node")
 BATCH = 64
-RECENT_PACKETS = 256  # per flow a policy might mirror: what can be sent again when its path falls silent
+RECENT_PACKETS = 256  # per flow a policy might mirror, at most: sent again when its path falls silent
 _NO_PEER = FlowDecision(None, "no peer owns the destination")
 
 
@@ -488,12 +488,19 @@ class Node:
         now, now_us = self._now()
         # Only the flows this tick looks at (the watched ones).
         flows_by_id = self.flows_by_id
+        horizon = now - self.config.timers.dedup_skew_ms / 1000
         for info in controller.flows_read_at(now):
             entry = flows_by_id.get(info.flow_id)
             if entry is not None:
                 info.last_seen = entry.last_seen
-                if entry.recent is None:
+                recent = entry.recent
+                if recent is None:
                     entry.recent = deque(maxlen=RECENT_PACKETS)
+                else:
+                    # Only what the destination could still take (its de-dup skew): memory stays
+                    # the protected flows' last 250 ms, however many of them there are.
+                    while recent and recent[0][0] < horizon:
+                        recent.popleft()
         self._check_relays(now)
         heard_counts, sent_counts = self._heard_counts, self._sent_counts
         for peer in self.engine.peers.values():
