@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 import yaml
@@ -690,6 +690,22 @@ def _save_json(data: object, name: str, out_dir: Path | None) -> Path:
     return path
 
 
+def _report_bench(name: str, results: dict[str, Any], out_dir: Path | None, json_out: bool,
+                  keys: tuple[str, ...] | None = None) -> None:
+    """Save a bench result as JSON; print it whole (`--json`) or as a metric table of `keys`."""
+    data = {"benchmark": name, "date": time.strftime("%Y-%m-%d"), **results}
+    path = _save_json(data, name, out_dir)
+    if json_out or keys is None:
+        out.print_json(json.dumps(data if json_out else results))
+    else:
+        table = Table("metric", "value")
+        for key in keys:
+            table.add_row(key, str(data[key]))
+        out.print(table)
+    if not json_out or keys is None:
+        console.print(f"saved {path}")
+
+
 @bench_app.command("lab")
 @_guard
 def bench_lab(
@@ -731,17 +747,9 @@ def bench_dataplane(
     _need_root("bench dataplane")
     with console.status("benchmarking the data plane") as status:
         results = dataplane.run(seconds=seconds, quick=quick, progress=status.update)
-    data = {"benchmark": "dataplane", "date": time.strftime("%Y-%m-%d"), **results}
-    path = _save_json(data, "dataplane", out_dir)
-    if json_out:
-        out.print_json(json.dumps(data))
-        return
-    table = Table("metric", "value")
-    for key in ("direct_tcp_gbps", "tunnel_tcp_gbps", "dup_tcp_gbps", "dup_udp_pps_lossless",
-                "added_latency_p50_us", "added_latency_p99_us"):
-        table.add_row(key, str(data[key]))
-    out.print(table)
-    console.print(f"saved {path}")
+    _report_bench("dataplane", results, out_dir, json_out, (
+        "direct_tcp_gbps", "tunnel_tcp_gbps", "dup_tcp_gbps", "dup_udp_pps_lossless",
+        "added_latency_p50_us", "added_latency_p99_us"))
 
 
 @bench_app.command("flows")
@@ -761,18 +769,10 @@ def bench_flows(
     with console.status("benchmarking new flows per second") as status:
         results = flows.run(rate=rate, seconds=seconds, repetitions=repetitions, quick=quick,
                             progress=status.update)
-    data = {"benchmark": "flows", "date": time.strftime("%Y-%m-%d"), **results}
-    path = _save_json(data, "flows", out_dir)
-    if json_out:
-        out.print_json(json.dumps(data))
-        return
-    table = Table("metric", "value")
-    for key in ("new_flows_per_s_offered", "new_flows_per_s_decided", "baseline_gbps", "with_flows_gbps",
-                "same_flow_gbps", "throughput_drop_pct", "decision_drop_pct", "analysis_dropped", "verdict",
-                "verdict_decisions_only"):
-        table.add_row(key, str(data[key]))
-    out.print(table)
-    console.print(f"saved {path}")
+    _report_bench("flows", results, out_dir, json_out, (
+        "new_flows_per_s_offered", "new_flows_per_s_decided", "baseline_gbps", "with_flows_gbps",
+        "same_flow_gbps", "throughput_drop_pct", "decision_drop_pct", "analysis_dropped", "verdict",
+        "verdict_decisions_only"))
 
 
 @bench_app.command("planning")
@@ -787,13 +787,7 @@ def bench_planning(
 
     with console.status("planning mirrors on a k=8 fat-tree"):
         results = planning.run(samples)
-    data = {"benchmark": "planning", "date": time.strftime("%Y-%m-%d"), **results}
-    path = _save_json(data, "planning", out_dir)
-    if json_out:
-        out.print_json(json.dumps(data))
-    else:
-        out.print_json(json.dumps(results))
-    console.print(f"saved {path}")
+    _report_bench("planning", results, out_dir, json_out)
 
 
 def main() -> None:
