@@ -127,6 +127,7 @@ class PeerPath:
     last_sent: float = 0.0  # when this node last sent on the standard path (the daemon says)
     silent_since: float | None = None  # sending, yet no report about the path: it delivers nothing
     silent_why: str = ""
+    tell_peer: bool = False  # found silent here: the peer is to be told (once, see take_tell)
     first_sent: float = 0.0  # when this node first sent on the path (silence counts from here)
     heard_at: float = 0.0  # when a packet from the peer on its standard path last arrived (the daemon says)
     heard_gap: float = 0.1  # smoothed time between such arrivals
@@ -167,7 +168,6 @@ class Controller:
         self.sessions_opened = 0
         self.restored: dict[str, dict[str, Any]] = {}
         self.unwatched_new_flows = 0
-        self.silenced: list[str] = []  # see take_silenced
 
     # -- events ---------------------------------------------------------------------------
     def _decide(self, subject: str, kind: str, reason: str, **detail: Any) -> None:
@@ -459,8 +459,8 @@ class Controller:
         else:
             self.watched.pop(info.flow_id, None)
 
-    def flows_read_at(self, now: float) -> list[FlowInfo]:
-        """The flows whose `last_seen` the tick at `now` reads (the caller refreshes them first)."""
+    def flows_read_at(self) -> list[FlowInfo]:
+        """The flows whose `last_seen` a tick reads (the caller refreshes them first)."""
         return list(self.watched.values())
 
     def sending(self, peer: str, last_sent: float) -> None:
@@ -523,10 +523,9 @@ class Controller:
             if why is not None:
                 self._silent(path, f"{why} while sending on it", now)
 
-    def _silent(self, path: PeerPath, why: str, now: float) -> None:
+    def _silent(self, path: PeerPath, why: str, now: float, *, tell: bool = True) -> None:
         if path.silent_since is None:
-            path.silent_since, path.silent_why = now, why
-            self.silenced.append(path.peer)
+            path.silent_since, path.silent_why, path.tell_peer = now, why, tell
             self._decide(f"peer:{path.peer}", "path_silent", why)
         if path.degraded_since is None:
             path.degraded_since = now
@@ -535,14 +534,16 @@ class Controller:
         """`peer` found the standard path between us silent: a failed link or router is usually
         down both ways, and this side may not be sending enough to notice soon by itself."""
         path = self.paths.setdefault(peer, PeerPath(peer))
-        if path.silent_since is None:
-            self._silent(path, f"{peer} says the standard path between us fell silent", now)
-            self.silenced.remove(peer)  # it knows: nothing to tell it back
+        if path.silent_since is None:  # it knows: nothing to tell it back
+            self._silent(path, f"{peer} says the standard path between us fell silent", now, tell=False)
 
-    def take_silenced(self) -> list[str]:
-        """Peers whose standard path this node found silent since the last call (to tell them)."""
-        out, self.silenced = self.silenced, []
-        return out
+    def take_tell(self, peer: str) -> bool:
+        """True once after this node found the standard path to `peer` silent: tell the peer."""
+        path = self.paths.get(peer)
+        if path is None or not path.tell_peer:
+            return False
+        path.tell_peer = False
+        return True
 
     def tick(self, now: float) -> list[Action]:
         actions: list[Action] = []

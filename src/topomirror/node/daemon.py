@@ -154,7 +154,6 @@ class Node:
         self._expiry_keys: list[bytes] = []  # the pass of `_expire_flows` under way, and where it is
         self._expiry_at = 0
         self._sent_counts: dict[str, int] = {}  # peer -> data packets we sent it on the standard path, at the last tick
-        self._to_tell_silent: set[str] = set()  # peers to tell, on the first mirror path that opens
         self._heard_counts: dict[str, int] = {}  # peer -> packets from it on its standard path, at the last tick
         self.analysis_queue: deque[tuple[int, bytes]] = deque()
         self.analysis_dropped = 0
@@ -489,7 +488,7 @@ class Node:
         # Only the flows this tick looks at (the watched ones).
         flows_by_id = self.flows_by_id
         horizon = now - self.config.timers.dedup_skew_ms / 1000
-        for info in controller.flows_read_at(now):
+        for info in controller.flows_read_at():
             entry = flows_by_id.get(info.flow_id)
             if entry is not None:
                 info.last_seen = entry.last_seen
@@ -514,9 +513,7 @@ class Node:
                     arrived = meter.total_packets - heard_counts.get(peer.name, 0)
                     heard_counts[peer.name] = meter.total_packets
                     controller.heard(peer.name, now, max(1, arrived))
-        actions = controller.tick(now)
-        self._to_tell_silent.update(controller.take_silenced())
-        for action in actions:
+        for action in controller.tick(now):
             if isinstance(action, InstallVC | RenewVC):
                 relay = self.engine.peers_by_name.get(action.relay)
                 next_name = getattr(action, "next_hop", None)
@@ -539,7 +536,7 @@ class Node:
                     self._send_control(relay, Control("vc_remove", self._request_ids, action.channel_id),
                                        now, now_us)
             elif isinstance(action, StartDuplication):
-                self._start_duplication(action, now)
+                self._start_duplication(action, now, now_us)
             elif isinstance(action, StopDuplication):
                 flow_id = controller.flow_of_session(action.session_id)
                 for entry in self.flows_by_id.values():
@@ -587,7 +584,7 @@ class Node:
                                                       now, now_us):
             self._send(datagram, address)
 
-    def _start_duplication(self, action, now: float) -> None:  # type: ignore[no-untyped-def]
+    def _start_duplication(self, action, now: float, now_us: int) -> None:  # type: ignore[no-untyped-def]
         from topomirror.node.controller import Controller
 
         controller = self.controller
@@ -605,23 +602,22 @@ class Node:
             entry.bucket = None  # engarde-style: every packet, no budget
         else:
             entry.bucket = TokenBucket(SessionBudget(action.rate_bytes_per_s * 8, action.burst_bytes), now)
-        since = controller.lost_since(entry.peer.name, now) if entry.peer is not None else None
+        since = (controller.lost_since(entry.peer.name, now, self.config.timers.dedup_skew_ms / 1000)
+                 if entry.peer is not None else None)
         if since is not None and entry.recent and entry.peer is not None:
             # The standard path went silent: what was sent since is likely lost. Send it again on
             # the mirror path under its own sequence numbers (the destination drops what did
             # arrive as duplicates), rather than leave it to TCP's retransmission timer (>= 200 ms).
-            now_us = time.monotonic_ns() // 1000
             again = [self.engine.resend(entry.peer, entry.mirror, packet, seq, now, now_us)
                      for sent, seq, packet in entry.recent if sent >= since]
             if again:
                 self._send_all(again)
                 controller.resent(entry.flow_id, len(again), since, now)
-        if since is not None and entry.peer is not None and entry.peer.name in self._to_tell_silent:
+        if since is not None and entry.peer is not None and controller.take_tell(entry.peer.name):
             # Tell the peer, on the path that works: it may not be sending enough to notice soon.
-            self._to_tell_silent.discard(entry.peer.name)
             message = Control("silent", 0, 0)
             for datagram, address in self.engine.message(entry.peer, MessageType.CONTROL, message, [entry.mirror],
-                                                          now, time.monotonic_ns() // 1000):
+                                                          now, now_us):
                 self._send(datagram, address)
 
     def _store_tick(self) -> None:

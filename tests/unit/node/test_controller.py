@@ -195,7 +195,7 @@ def test_tick_watches_only_flows_the_policy_might_mirror_and_the_flow_table_forg
         ctl.new_flow(flow_id, FlowKey("172.16.3.1", "172.16.1.1", 17, 1024 + flow_id, 20000), "h1", 0.0)
     ctl.new_flow(5000, RPC, "h1", 0.0)
     assert set(ctl.watched) == {5000}
-    assert [i.flow_id for i in ctl.flows_read_at(0.0)] == [5000], "a tick reads only the watched flow"
+    assert [i.flow_id for i in ctl.flows_read_at()] == [5000], "a tick reads only the watched flow"
     ctl.tick(0.0)
     # Metadata that makes a flow latency-sensitive puts it under watch.
     ctl.flow_metadata(7, Metadata(app_protocol="dns", dns_qname="example.org"), 0.5)
@@ -293,14 +293,14 @@ def test_a_peer_that_says_the_path_fell_silent_is_believed_and_not_told_back() -
     actions, _ = _run_until_active(ctl, 1.01)
     assert [a for a in actions if isinstance(a, StartDuplication)]
     assert "h1 says the standard path between us fell silent" in ctl.sessions[1].request.reason
-    assert ctl.take_silenced() == []
+    assert ctl.take_tell("h1") is False
     # Found silent here: the daemon is to tell the peer (once).
     other = controller(Policy.REACTIVE)
     other.feedback("h1", [report(0, 100)], 0.0)
     other.sending("h1", 0.01)
     other.sending("h1", 0.3)
     other.tick(0.3)
-    assert other.take_silenced() == ["h1"] and other.take_silenced() == []
+    assert other.take_tell("h1") is True and other.take_tell("h1") is False
 
 
 def test_a_path_is_not_silent_the_moment_it_starts_sending_but_is_if_it_never_reports() -> None:
