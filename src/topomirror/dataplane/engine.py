@@ -5,6 +5,12 @@ the current time and sends what comes back. That keeps the packet logic testable
 lets the loop batch reads and writes (GSO/GRO super-packets, sendmmsg) without touching it.
 
 Everything on the per-packet path avoids allocation beyond the datagrams themselves.
+
+With the native loop built (`dataplane.native`), `drain` receives, opens, de-duplicates,
+measures, delivers and forwards DATA in C and hands back only what needs Python (FEEDBACK,
+PROBE, CONTROL, a sender's first packet of an epoch), which goes through `receive` as before;
+DATA is sealed in C (`Sealer`). The two share each peer's window and meters, so the counters,
+views and feedback are the same either way.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from topomirror.dataplane.native import fast
 from topomirror.feedback.measure import FeedbackBuilder, PathHistory
-from topomirror.wire.crypto import NONCE, SEQ_MASK, AuthenticationFailed, derive
+from topomirror.wire.crypto import NONCE, SEQ_MASK, AuthenticationFailed, derive, derive_key
 from topomirror.wire.dedup import DedupWindow, Verdict
 from topomirror.wire.header import (
     HEADER,
@@ -81,6 +88,7 @@ class PeerLink:
     window: DedupWindow | None = None
     meters: FeedbackBuilder | None = None  # what we measure of this sender's paths
     history: PathHistory = field(default_factory=PathHistory)  # what it reports of ours
+    sealer: object | None = None  # the native Sealer of tx_aead's key, when built
 
 
 def _newer_epoch(candidate: int, current: int) -> bool:
@@ -103,10 +111,13 @@ class Engine:
         self.counters = {"tx_packets": 0, "tx_copies": 0, "tx_bytes": 0, "rx_datagrams": 0,
                          "delivered": 0, "forwarded": 0, "probes_rx": 0, "feedback_rx": 0,
                          "control_rx": 0, "tx_resent": 0}
+        self.rx = fast.FastRx(self.vcs) if fast is not None else None
 
     # -- peers -------------------------------------------------------------------------
     def add_peer(self, peer_id: int, name: str, key: bytes, address: Address, relay: bool) -> PeerLink:
         link = PeerLink(peer_id, name, key, address, relay, derive(key, self.node_id, self.epoch))
+        if fast is not None:
+            link.sealer = fast.Sealer(derive_key(key, self.node_id, self.epoch), self.node_id, self.epoch)
         link.standard = PathRoute(0, 0, address)
         link.meters = FeedbackBuilder(self.node_id)
         self.peers[peer_id] = link
@@ -119,6 +130,9 @@ class Engine:
         path_id = route.path_id
         path_seq = (peer.path_seq.get(path_id, 0) + 1) & _U32_MASK
         peer.path_seq[path_id] = path_seq
+        if peer.sealer is not None:
+            return peer.sealer.seal(kind, path_id, route.channel, seq, path_seq, now_us & _U32_MASK,  # type: ignore[attr-defined]
+                                    payload)
         head = HEADER.pack((VERSION << 4) | kind, path_id, route.channel, self.node_id,
                            self.epoch, seq, path_seq, now_us & _U32_MASK)
         return head + peer.tx_aead.encrypt(NONCE.pack(self.node_id, self.epoch, (path_id << 56) | (seq & SEQ_MASK)),
@@ -139,10 +153,18 @@ class Engine:
         pack = HEADER.pack
         size = len(packet)
         out = []
+        sealer = peer.sealer
         for route in routes:
             path_id = route.path_id
             path_seq = (path_seqs.get(path_id, 0) + 1) & _U32_MASK
             path_seqs[path_id] = path_seq
+            if sealer is not None:
+                out.append((sealer.seal(_DATA, path_id, route.channel, seq, path_seq, send_time, packet),  # type: ignore[attr-defined]
+                            route.address))
+                route.last_sent = now
+                route.packets += 1
+                route.bytes += size
+                continue
             head = pack(_DATA_FIRST, path_id, route.channel, node, epoch, seq, path_seq, send_time)
             out.append((head + encrypt(NONCE.pack(node, epoch, (path_id << 56) | low_seq), packet, head),
                         route.address))
@@ -268,6 +290,8 @@ class Engine:
             peer.rx_epoch = epoch
             peer.window = DedupWindow(self.window_size, self.skew_us)
             peer.meters = FeedbackBuilder(self.node_id)
+            if self.rx is not None:  # from now on this sender's DATA stays in C
+                self.rx.set_peer(peer.id, epoch, derive_key(peer.key, peer.id, epoch), peer.window, peer.meters)
         peer.window.commit(seq, path_id, send_time)  # type: ignore[union-attr]
 
         # Every authenticated message is measured: each one took a path sequence number, so
@@ -292,6 +316,30 @@ class Engine:
         except MalformedMessage:
             self.drops["malformed"] += 1
             return DROP, "malformed", None
+
+    def drain(self, sock_fd: int, tun_fd: int | None, now: float, offset_ns: int, max_calls: int,
+              io_stats: dict[str, int], io_errors: dict[str, int]) -> list[tuple[bytes, int]]:
+        """The native receive loop (needs `self.rx`): everything waiting on the socket, up to
+        `max_calls` receive calls. Returns the datagrams for `receive` as (datagram, arrival_us)."""
+        assert self.rx is not None
+        slow, counts = self.rx.drain(sock_fd, -1 if tun_fd is None else tun_fd, now, offset_ns, max_calls)
+        (rx, delivered, forwarded, duplicate, replay, too_old, auth_failed, malformed,
+         recv_calls, datagrams, forward_errors, no_route) = counts
+        counters, drops = self.counters, self.drops
+        counters["rx_datagrams"] += rx
+        counters["delivered"] += delivered
+        counters["forwarded"] += forwarded
+        drops["duplicate"] += duplicate
+        drops["replay"] += replay
+        drops["too_old"] += too_old
+        drops["auth_failed"] += auth_failed
+        drops["malformed"] += malformed
+        drops["no_route"] += no_route
+        io_stats["recv_calls"] += recv_calls
+        io_stats["datagrams_received"] += datagrams
+        if forward_errors:
+            io_errors["forward"] = io_errors.get("forward", 0) + forward_errors
+        return slow
 
     def feedback_messages(self, interval_ms: int, now: float, now_us: int) -> list[tuple[bytes, Address]]:
         out = []

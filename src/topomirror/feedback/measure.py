@@ -6,6 +6,10 @@ offset: what remains is queueing and path change, as delay-based congestion cont
 "Recently" is LEDBAT's base delay history (RFC 6817 §3.4.2): the minimum of each of the last
 `BASE_BUCKETS` minutes, so clock drift or one mis-stamped sample cannot skew the base for good,
 while a queue that stands for less than ten minutes still shows as delay.
+
+`PathMeter` is the C implementation (`dataplane._fastpath`) when it is built, with the same
+behaviour as `PyPathMeter` here (a property test feeds both the same arrivals); the native
+receive loop records into it without leaving C.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import asdict
 
+from topomirror.dataplane.native import fast
 from topomirror.wire.header import U32, time_diff_us
 from topomirror.wire.messages import Feedback, PathReport
 
@@ -20,7 +25,7 @@ BASE_BUCKET_US = 60_000_000  # one minute per base-history bucket
 BASE_BUCKETS = 10
 
 
-class PathMeter:
+class PyPathMeter:
     __slots__ = ("path_id", "_base", "_last_transit", "jitter_us", "_highest", "_reported_highest",
                  "packets", "bytes", "wins", "duplicates", "reordered", "_owd_sum", "_owd_min",
                  "_owd_max", "total_packets", "total_wins", "_history", "_bucket_min", "_bucket_end", "_late")
@@ -107,6 +112,24 @@ class PathMeter:
         self._reported_highest = self._highest
         self._reset()
         return report
+
+
+if fast is not None:
+    class PathMeter(fast.PathMeter):  # type: ignore[name-defined,misc]
+        """The C meter; `report` wraps its interval figures in a PathReport."""
+
+        __slots__ = ()
+
+        def report(self, interval_ms: int) -> PathReport | None:
+            figures = self._take()
+            if figures is None:
+                return None
+            packets, size, lost, reordered, wins, duplicates, owd_min, owd_avg, owd_max, jitter = figures
+            return PathReport(path_id=self.path_id, packets=packets, bytes=size, lost=lost, reordered=reordered,
+                              wins=wins, duplicates=duplicates, owd_min_us=owd_min, owd_avg_us=owd_avg,
+                              owd_max_us=owd_max, jitter_us=jitter, interval_ms=interval_ms)
+else:
+    PathMeter = PyPathMeter  # type: ignore[misc,assignment]
 
 
 class FeedbackBuilder:

@@ -311,14 +311,18 @@ class Node:
     def _on_udp(self) -> None:
         assert self.udp is not None
         now, now_us = self._now()
-        recv = self.udp.recv
-        receive = self.engine.receive
-        tun_fd = self.tun_fd
-        write = os.write
-        out: list[tuple[bytes, tuple[str, int]]] = []
-        later: list[tuple[bytes, int]] = []  # second copies: measured once the burst is delivered
         # Kernel arrival stamps are CLOCK_REALTIME; metering uses the monotonic clock.
         offset_ns = time.monotonic_ns() - time.time_ns()
+        engine = self.engine
+        if engine.rx is not None:
+            # The native loop: DATA and relayed datagrams never come up to Python.
+            slow = engine.drain(self.udp.sock.fileno(), self.tun_fd, now, offset_ns, BATCH, self.udp.stats,
+                                self.udp.errors)
+            if slow:
+                self._receive(slow, now, now_us)
+            return
+        recv = self.udp.recv
+        items: list[tuple[bytes, int]] = []
         for _ in range(BATCH):
             try:
                 datagrams, stamp = recv()
@@ -327,29 +331,39 @@ class Node:
             # The kernel's stamp as is: a loop that started long ago must not date later
             # arrivals back to its start (that would read as a shorter path, for good).
             arrival_us = (stamp + offset_ns) // 1000 if stamp is not None else time.monotonic_ns() // 1000
-            for datagram in datagrams:
-                kind, value, extra = receive(datagram, now, arrival_us, later=True)
-                if kind == LATER:
-                    later.append((datagram, arrival_us))
-                elif kind == DELIVER:
-                    if tun_fd is not None:
-                        try:
-                            write(tun_fd, value)  # type: ignore[arg-type]
-                        except OSError:
-                            self.engine.drops["malformed"] += 1
-                elif kind == FORWARD:
-                    out.append((value, extra))  # type: ignore[arg-type]
-                elif kind == FEEDBACK:
-                    assert isinstance(extra, PeerLink) and isinstance(value, Feedback)
-                    extra.history.add(now, value)
-                    if self.controller is not None:
-                        self.controller.feedback(extra.name, value.paths, now)
-                    if self.store is not None:
-                        for report in value.paths:
-                            self.store.telemetry(extra.name, report.path_id, asdict(report))
-                elif kind == CONTROL:
-                    assert isinstance(extra, PeerLink) and isinstance(value, Control)
-                    self._on_control(extra, value, now, now_us)
+            items.extend((datagram, arrival_us) for datagram in datagrams)
+        self._receive(items, now, now_us)
+
+    def _receive(self, items: list[tuple[bytes, int]], now: float, now_us: int) -> None:
+        """Datagrams through `Engine.receive`, in order; second copies once the first are out."""
+        receive = self.engine.receive
+        tun_fd = self.tun_fd
+        write = os.write
+        out: list[tuple[bytes, tuple[str, int]]] = []
+        later: list[tuple[bytes, int]] = []  # second copies: measured once the burst is delivered
+        for datagram, arrival_us in items:
+            kind, value, extra = receive(datagram, now, arrival_us, later=True)
+            if kind == LATER:
+                later.append((datagram, arrival_us))
+            elif kind == DELIVER:
+                if tun_fd is not None:
+                    try:
+                        write(tun_fd, value)  # type: ignore[arg-type]
+                    except OSError:
+                        self.engine.drops["malformed"] += 1
+            elif kind == FORWARD:
+                out.append((value, extra))  # type: ignore[arg-type]
+            elif kind == FEEDBACK:
+                assert isinstance(extra, PeerLink) and isinstance(value, Feedback)
+                extra.history.add(now, value)
+                if self.controller is not None:
+                    self.controller.feedback(extra.name, value.paths, now)
+                if self.store is not None:
+                    for report in value.paths:
+                        self.store.telemetry(extra.name, report.path_id, asdict(report))
+            elif kind == CONTROL:
+                assert isinstance(extra, PeerLink) and isinstance(value, Control)
+                self._on_control(extra, value, now, now_us)
         for datagram, arrival_us in later:
             receive(datagram, now, arrival_us)  # a duplicate: authenticated, measured, dropped
         if out:

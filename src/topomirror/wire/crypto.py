@@ -57,10 +57,14 @@ def load_key_file(path: str | Path) -> bytes:
         raise KeyError_(f"{path}: cannot read key file: {exc.strerror}") from None
 
 
-def derive(pair_key: bytes, sender: int, epoch: int) -> AESGCM:
+def derive_key(pair_key: bytes, sender: int, epoch: int) -> bytes:
+    """The traffic key of (sender, epoch): HKDF-SHA256 of the pair key."""
     info = b"topomirror v1 traffic" + struct.pack("!HH", sender, epoch)
-    material = HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=info).derive(pair_key)
-    return AESGCM(material)
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=info).derive(pair_key)
+
+
+def derive(pair_key: bytes, sender: int, epoch: int) -> AESGCM:
+    return AESGCM(derive_key(pair_key, sender, epoch))
 
 
 def pack_nonce(sender: int, epoch: int, path_id: int, seq: int) -> bytes:

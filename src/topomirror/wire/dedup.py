@@ -12,12 +12,16 @@ path ids share bit 7). That is what lets the receiver tell apart:
 
 `check` has no side effects so a receiver can reject cheaply before decrypting; `commit` is
 called only after the datagram authenticated, so forged packets never move the window.
+
+`DedupWindow` is the C implementation (`dataplane._fastpath`) when it is built, with the same
+behaviour as `PyDedupWindow` here (a property test runs both on the same arrivals).
 """
 
 from __future__ import annotations
 
 import enum
 
+from topomirror.dataplane.native import fast
 from topomirror.wire.header import time_diff_us
 
 
@@ -28,7 +32,7 @@ class Verdict(enum.IntEnum):
     TOO_OLD = 3
 
 
-class DedupWindow:
+class PyDedupWindow:
     __slots__ = ("size", "skew_us", "_masks", "_highest", "_highest_time")
 
     def __init__(self, size: int = 16384, skew_us: int = 250_000) -> None:
@@ -80,3 +84,8 @@ class DedupWindow:
             self._highest = seq
             self._highest_time = send_time_us
         self._masks[seq & size_mask] |= 1 << min(path_id, 7)
+
+
+if fast is not None:
+    fast.set_verdicts((Verdict.NEW, Verdict.DUPLICATE, Verdict.REPLAY, Verdict.TOO_OLD))
+DedupWindow: type = fast.DedupWindow if fast is not None else PyDedupWindow

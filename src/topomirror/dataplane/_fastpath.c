@@ -1,0 +1,848 @@
+/* topomirror.dataplane._fastpath: the per-packet loop in C, behind the same Engine interface.
+ *
+ * What CPython cannot do fast enough per packet (docs/BENCHMARKS.md, data plane): the receive
+ * side of a node, where every datagram is parsed, checked against the de-duplication window,
+ * opened (AES-256-GCM), measured and written to the TUN, and a relay's forwarding. The Python
+ * modules stay the reference: `DedupWindow` and `PathMeter` here have the same interface and
+ * behaviour as `topomirror.wire.dedup.PyDedupWindow` and `topomirror.feedback.measure.PyPathMeter`
+ * (property tests run both side by side), and `FastRx.drain` hands every datagram it does not
+ * handle itself (FEEDBACK, PROBE, CONTROL, a new epoch, an unknown sender) back to
+ * `Engine.receive`. `Sealer` builds DATA datagrams (header + AES-256-GCM) for the send side.
+ *
+ * No policy lives here: what to mirror, when and where stays in Python.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <openssl/evp.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+
+#define HEADER_SIZE 24
+#define TAG_SIZE 16
+#define VERSION 1
+#define KIND_DATA 1
+#define SEQ_MASK ((1ULL << 56) - 1)
+#define BASE_BUCKET_US 60000000LL
+#define BASE_HISTORY 9 /* BASE_BUCKETS - 1 closed minutes */
+#define VLEN 8
+#define RX_BUFFER 65536
+#define MAX_DEFERRED 1024
+#define MAX_FORWARD 512
+
+enum { NEW = 0, DUPLICATE = 1, REPLAY = 2, TOO_OLD = 3 };
+
+static inline uint16_t be16(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+static inline uint32_t be32(const uint8_t *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+static inline uint64_t be64(const uint8_t *p) { return ((uint64_t)be32(p) << 32) | be32(p + 4); }
+static inline void put16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = (uint8_t)v; }
+static inline void put32(uint8_t *p, uint32_t v) { p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = (uint8_t)v; }
+static inline void put64(uint8_t *p, uint64_t v) { put32(p, (uint32_t)(v >> 32)); put32(p + 4, (uint32_t)v); }
+
+/* Signed difference of two u32 microsecond stamps (header.time_diff_us). */
+static inline int64_t time_diff_us(uint32_t later, uint32_t earlier) { return (int32_t)(later - earlier); }
+
+/* ------------------------------------------------------------------------------------------ */
+/* DedupWindow                                                                                 */
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t size;
+    long long skew_us;
+    uint8_t *masks;
+    int has_highest;
+    uint64_t highest;
+    uint32_t highest_time;
+} DedupWindow;
+
+static int window_init(DedupWindow *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"size", "skew_us", NULL};
+    Py_ssize_t size = 16384;
+    long long skew = 250000;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|nL", kwlist, &size, &skew)) return -1;
+    if (size <= 0 || (size & (size - 1))) {
+        PyErr_SetString(PyExc_ValueError, "window size must be a positive power of two");
+        return -1;
+    }
+    uint8_t *masks = PyMem_Calloc((size_t)size, 1);
+    if (!masks) { PyErr_NoMemory(); return -1; }
+    PyMem_Free(self->masks);
+    self->masks = masks;
+    self->size = size;
+    self->skew_us = skew;
+    self->has_highest = 0;
+    self->highest = 0;
+    self->highest_time = 0;
+    return 0;
+}
+
+static void window_dealloc(DedupWindow *self) {
+    PyMem_Free(self->masks);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static inline int window_check(DedupWindow *w, uint64_t seq, unsigned path_id, uint32_t send_time) {
+    if (!w->has_highest || seq > w->highest) return NEW;
+    if (w->highest - seq >= (uint64_t)w->size) return REPLAY;
+    uint8_t mask = w->masks[seq & (uint64_t)(w->size - 1)];
+    uint8_t bit = (uint8_t)(1u << (path_id < 7 ? path_id : 7));
+    if (mask & bit) return REPLAY;
+    if (mask) return DUPLICATE;
+    if (time_diff_us(w->highest_time, send_time) > w->skew_us) return TOO_OLD;
+    return NEW;
+}
+
+static inline void window_commit(DedupWindow *w, uint64_t seq, unsigned path_id, uint32_t send_time) {
+    uint64_t size = (uint64_t)w->size, size_mask = size - 1;
+    if (!w->has_highest || seq > w->highest) {
+        if (!w->has_highest || seq - w->highest >= size) {
+            memset(w->masks, 0, size);
+        } else {
+            uint64_t advance = seq - w->highest;
+            uint64_t start = (w->highest + 1) & size_mask, end = start + advance;
+            if (end <= size) {
+                memset(w->masks + start, 0, advance);
+            } else {
+                memset(w->masks + start, 0, size - start);
+                memset(w->masks, 0, end - size);
+            }
+        }
+        w->has_highest = 1;
+        w->highest = seq;
+        w->highest_time = send_time;
+    }
+    w->masks[seq & size_mask] |= (uint8_t)(1u << (path_id < 7 ? path_id : 7));
+}
+
+static int parse_seq_args(PyObject *const *args, Py_ssize_t n, uint64_t *seq, unsigned *path, uint32_t *t) {
+    if (n != 3) { PyErr_SetString(PyExc_TypeError, "expected (seq, path_id, send_time_us)"); return -1; }
+    unsigned long long s = PyLong_AsUnsignedLongLong(args[0]);
+    if (s == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    long p = PyLong_AsLong(args[1]);
+    if (p == -1 && PyErr_Occurred()) return -1;
+    unsigned long long tt = PyLong_AsUnsignedLongLongMask(args[2]);
+    if (tt == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    if (p < 0) { PyErr_SetString(PyExc_ValueError, "path id must be >= 0"); return -1; }
+    *seq = s; *path = (unsigned)p; *t = (uint32_t)tt;
+    return 0;
+}
+
+static PyObject *verdicts[4]; /* the Verdict enum's members, once wire.dedup registered them */
+
+static PyObject *window_check_py(DedupWindow *self, PyObject *const *args, Py_ssize_t n) {
+    uint64_t seq; unsigned path; uint32_t t;
+    if (parse_seq_args(args, n, &seq, &path, &t) < 0) return NULL;
+    int verdict = window_check(self, seq, path, t);
+    if (verdicts[verdict]) return Py_NewRef(verdicts[verdict]);
+    return PyLong_FromLong(verdict);
+}
+
+static PyObject *set_verdicts(PyObject *module, PyObject *arg) {
+    if (!PyTuple_Check(arg) || PyTuple_GET_SIZE(arg) != 4) {
+        PyErr_SetString(PyExc_TypeError, "set_verdicts takes the 4 Verdict members (new, duplicate, replay, too old)");
+        return NULL;
+    }
+    for (int i = 0; i < 4; i++) Py_XSETREF(verdicts[i], Py_NewRef(PyTuple_GET_ITEM(arg, i)));
+    Py_RETURN_NONE;
+}
+
+static PyObject *window_commit_py(DedupWindow *self, PyObject *const *args, Py_ssize_t n) {
+    uint64_t seq; unsigned path; uint32_t t;
+    if (parse_seq_args(args, n, &seq, &path, &t) < 0) return NULL;
+    window_commit(self, seq, path, t);
+    Py_RETURN_NONE;
+}
+
+static PyObject *window_highest(DedupWindow *self, void *closure) {
+    if (!self->has_highest) return PyLong_FromLong(-1);
+    return PyLong_FromUnsignedLongLong(self->highest);
+}
+
+static PyMethodDef window_methods[] = {
+    {"check", (PyCFunction)(void (*)(void))window_check_py, METH_FASTCALL,
+     "check(seq, path_id, send_time_us) -> verdict (0 new, 1 duplicate, 2 replay, 3 too old); no side effects"},
+    {"commit", (PyCFunction)(void (*)(void))window_commit_py, METH_FASTCALL,
+     "commit(seq, path_id, send_time_us): record an authenticated arrival"},
+    {NULL}};
+
+static PyMemberDef window_members[] = {
+    {"size", T_PYSSIZET, offsetof(DedupWindow, size), READONLY, NULL},
+    {"skew_us", T_LONGLONG, offsetof(DedupWindow, skew_us), READONLY, NULL},
+    {NULL}};
+
+static PyGetSetDef window_getset[] = {{"highest", (getter)window_highest, NULL, NULL, NULL}, {NULL}};
+
+static PyTypeObject DedupWindowType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "topomirror.dataplane._fastpath.DedupWindow",
+    .tp_basicsize = sizeof(DedupWindow),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "De-duplication and replay window (C; same behaviour as topomirror.wire.dedup.PyDedupWindow).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)window_init,
+    .tp_dealloc = (destructor)window_dealloc,
+    .tp_methods = window_methods,
+    .tp_members = window_members,
+    .tp_getset = window_getset,
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* PathMeter                                                                                   */
+
+typedef struct {
+    PyObject_HEAD
+    int path_id;
+    int started;
+    long long base, bucket_min, bucket_end;
+    long long history[BASE_HISTORY];
+    int history_len, history_head;
+    int has_last_transit;
+    long long last_transit;
+    double jitter_us;
+    int has_highest;
+    uint32_t highest, reported_highest;
+    long long packets, bytes, wins, duplicates, reordered, late;
+    long long owd_sum, owd_max;
+    int has_owd_min;
+    long long owd_min;
+    long long total_packets, total_wins;
+} PathMeter;
+
+static void meter_reset(PathMeter *m) {
+    m->packets = m->bytes = m->wins = m->duplicates = m->reordered = m->late = 0;
+    m->owd_sum = 0;
+    m->has_owd_min = 0;
+    m->owd_min = 0;
+    m->owd_max = 0;
+}
+
+static int meter_init(PathMeter *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"path_id", NULL};
+    int path_id;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i", kwlist, &path_id)) return -1;
+    self->path_id = path_id;
+    self->started = 0;
+    self->history_len = self->history_head = 0;
+    self->has_last_transit = 0;
+    self->jitter_us = 0.0;
+    self->has_highest = 0;
+    self->total_packets = self->total_wins = 0;
+    meter_reset(self);
+    return 0;
+}
+
+static inline void meter_record(PathMeter *m, long long arrival_us, uint32_t send_time, uint32_t path_seq,
+                                long long size, int won) {
+    long long transit = time_diff_us((uint32_t)arrival_us, send_time);
+    if (!m->started) {
+        m->started = 1;
+        m->base = m->bucket_min = transit;
+        m->bucket_end = arrival_us + BASE_BUCKET_US;
+    } else if (arrival_us >= m->bucket_end) {
+        /* A new minute: the oldest minute's minimum leaves the base. */
+        if (m->history_len < BASE_HISTORY) {
+            m->history[(m->history_head + m->history_len) % BASE_HISTORY] = m->bucket_min;
+            m->history_len++;
+        } else {
+            m->history[m->history_head] = m->bucket_min;
+            m->history_head = (m->history_head + 1) % BASE_HISTORY;
+        }
+        m->bucket_min = transit;
+        m->bucket_end = arrival_us + BASE_BUCKET_US;
+        long long base = transit;
+        for (int i = 0; i < m->history_len; i++)
+            if (m->history[i] < base) base = m->history[i];
+        m->base = base;
+    } else if (transit < m->bucket_min) {
+        m->bucket_min = transit;
+        if (transit < m->base) m->base = transit;
+    }
+    if (m->has_last_transit) {
+        long long d = transit - m->last_transit;
+        m->jitter_us += ((double)(d < 0 ? -d : d) - m->jitter_us) / 16;
+    }
+    m->has_last_transit = 1;
+    m->last_transit = transit;
+    long long owd = transit - m->base;
+    m->owd_sum += owd;
+    if (!m->has_owd_min || owd < m->owd_min) { m->owd_min = owd; m->has_owd_min = 1; }
+    if (owd > m->owd_max) m->owd_max = owd;
+    if (!m->has_highest) {
+        m->has_highest = 1;
+        m->highest = m->reported_highest = path_seq - 1;
+    }
+    uint32_t ahead = path_seq - m->highest;
+    if (ahead > 0 && ahead < 0x80000000u) {
+        m->highest = path_seq;
+    } else {
+        m->reordered++;
+        uint32_t since = path_seq - m->reported_highest;
+        if (!(since > 0 && since < 0x80000000u)) m->late++; /* from an interval already reported */
+    }
+    m->packets++;
+    m->bytes += size;
+    m->total_packets++;
+    if (won) { m->wins++; m->total_wins++; } else m->duplicates++;
+}
+
+static PyObject *meter_record_py(PathMeter *self, PyObject *const *args, Py_ssize_t n) {
+    if (n != 5) { PyErr_SetString(PyExc_TypeError, "record(arrival_us, send_time_us, path_seq, size, won)"); return NULL; }
+    long long arrival = PyLong_AsLongLong(args[0]);
+    if (arrival == -1 && PyErr_Occurred()) return NULL;
+    unsigned long long send = PyLong_AsUnsignedLongLongMask(args[1]);
+    if (send == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    unsigned long long pseq = PyLong_AsUnsignedLongLongMask(args[2]);
+    if (pseq == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    long long size = PyLong_AsLongLong(args[3]);
+    if (size == -1 && PyErr_Occurred()) return NULL;
+    int won = PyObject_IsTrue(args[4]);
+    if (won < 0) return NULL;
+    meter_record(self, arrival, (uint32_t)send, (uint32_t)pseq, size, won);
+    Py_RETURN_NONE;
+}
+
+/* Close the interval: None if nothing arrived, else the PathReport fields as a tuple
+ * (packets, bytes, lost, reordered, wins, duplicates, owd_min_us, owd_avg_us, owd_max_us, jitter_us). */
+static PyObject *meter_take(PathMeter *self, PyObject *unused) {
+    if (self->packets == 0) Py_RETURN_NONE;
+    long long expected = (uint32_t)(self->highest - self->reported_highest);
+    long long lost = expected - (self->packets - self->late);
+    if (lost < 0) lost = 0;
+    long long avg = self->owd_sum / self->packets;
+    if ((self->owd_sum % self->packets != 0) && ((self->owd_sum < 0) != (self->packets < 0))) avg -= 1;
+    PyObject *out = Py_BuildValue("(LLLLLLLLLL)", self->packets, self->bytes, lost, self->reordered, self->wins,
+                                  self->duplicates, self->has_owd_min ? self->owd_min : 0LL, avg, self->owd_max,
+                                  (long long)self->jitter_us);
+    if (!out) return NULL;
+    self->reported_highest = self->highest;
+    meter_reset(self);
+    return out;
+}
+
+static PyObject *meter_owd_now(PathMeter *self, void *closure) {
+    if (!self->has_last_transit || !self->started) return PyLong_FromLong(0);
+    return PyLong_FromLongLong(self->last_transit - self->base);
+}
+
+static PyMethodDef meter_methods[] = {
+    {"record", (PyCFunction)(void (*)(void))meter_record_py, METH_FASTCALL,
+     "record(arrival_us, send_time_us, path_seq, size, won)"},
+    {"_take", (PyCFunction)meter_take, METH_NOARGS, "close the interval: a tuple of its figures, or None"},
+    {NULL}};
+
+static PyMemberDef meter_members[] = {
+    {"path_id", T_INT, offsetof(PathMeter, path_id), READONLY, NULL},
+    {"jitter_us", T_DOUBLE, offsetof(PathMeter, jitter_us), READONLY, NULL},
+    {"packets", T_LONGLONG, offsetof(PathMeter, packets), READONLY, NULL},
+    {"bytes", T_LONGLONG, offsetof(PathMeter, bytes), READONLY, NULL},
+    {"wins", T_LONGLONG, offsetof(PathMeter, wins), READONLY, NULL},
+    {"duplicates", T_LONGLONG, offsetof(PathMeter, duplicates), READONLY, NULL},
+    {"reordered", T_LONGLONG, offsetof(PathMeter, reordered), READONLY, NULL},
+    {"total_packets", T_LONGLONG, offsetof(PathMeter, total_packets), READONLY, NULL},
+    {"total_wins", T_LONGLONG, offsetof(PathMeter, total_wins), READONLY, NULL},
+    {NULL}};
+
+static PyGetSetDef meter_getset[] = {{"owd_now_us", (getter)meter_owd_now, NULL, NULL, NULL}, {NULL}};
+
+static PyTypeObject PathMeterType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "topomirror.dataplane._fastpath.PathMeter",
+    .tp_basicsize = sizeof(PathMeter),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Per-path measurement core (C; same behaviour as topomirror.feedback.measure.PyPathMeter).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)meter_init,
+    .tp_methods = meter_methods,
+    .tp_members = meter_members,
+    .tp_getset = meter_getset,
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* AES-256-GCM                                                                                 */
+
+static EVP_CIPHER_CTX *gcm_new(const uint8_t *key, int encrypt) {
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    if (!ctx) return NULL;
+    int ok = encrypt ? EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL)
+                     : EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL);
+    ok = ok && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, 12, NULL);
+    ok = ok && (encrypt ? EVP_EncryptInit_ex(ctx, NULL, NULL, key, NULL) : EVP_DecryptInit_ex(ctx, NULL, NULL, key, NULL));
+    if (!ok) { EVP_CIPHER_CTX_free(ctx); return NULL; }
+    return ctx;
+}
+
+static inline void make_nonce(uint8_t nonce[12], uint16_t sender, uint16_t epoch, unsigned path_id, uint64_t seq) {
+    put16(nonce, sender);
+    put16(nonce + 2, epoch);
+    put64(nonce + 4, ((uint64_t)(path_id & 0xFF) << 56) | (seq & SEQ_MASK));
+}
+
+/* Open datagram[HEADER_SIZE:len] into out; returns the payload length or -1 if the tag fails. */
+static int gcm_open(EVP_CIPHER_CTX *ctx, const uint8_t nonce[12], const uint8_t *datagram, int len, uint8_t *out) {
+    int n = 0, m = 0, body = len - HEADER_SIZE - TAG_SIZE;
+    if (body < 0) return -1;
+    if (!EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, nonce)) return -1;
+    if (!EVP_DecryptUpdate(ctx, NULL, &n, datagram, HEADER_SIZE)) return -1;
+    if (body && !EVP_DecryptUpdate(ctx, out, &n, datagram + HEADER_SIZE, body)) return -1;
+    if (!EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_SIZE, (void *)(datagram + len - TAG_SIZE))) return -1;
+    if (EVP_DecryptFinal_ex(ctx, out + (body ? n : 0), &m) <= 0) return -1;
+    return body;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Sealer: the send side of one (peer, epoch)                                                   */
+
+typedef struct {
+    PyObject_HEAD
+    EVP_CIPHER_CTX *ctx;
+    uint16_t sender, epoch;
+} Sealer;
+
+static int sealer_init(Sealer *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"key", "sender", "epoch", NULL};
+    Py_buffer key;
+    int sender, epoch;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*ii", kwlist, &key, &sender, &epoch)) return -1;
+    if (key.len != 32) {
+        PyBuffer_Release(&key);
+        PyErr_SetString(PyExc_ValueError, "an AES-256-GCM key is 32 bytes");
+        return -1;
+    }
+    if (self->ctx) EVP_CIPHER_CTX_free(self->ctx);
+    self->ctx = gcm_new(key.buf, 1);
+    PyBuffer_Release(&key);
+    if (!self->ctx) { PyErr_SetString(PyExc_RuntimeError, "OpenSSL: cannot set up AES-256-GCM"); return -1; }
+    self->sender = (uint16_t)sender;
+    self->epoch = (uint16_t)epoch;
+    return 0;
+}
+
+static void sealer_dealloc(Sealer *self) {
+    if (self->ctx) EVP_CIPHER_CTX_free(self->ctx);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* seal(kind, path_id, channel, seq, path_seq, send_time_us, payload) -> header + ciphertext + tag */
+static PyObject *sealer_seal(Sealer *self, PyObject *const *args, Py_ssize_t n) {
+    if (n != 7) { PyErr_SetString(PyExc_TypeError, "seal(kind, path_id, channel, seq, path_seq, send_time_us, payload)"); return NULL; }
+    long kind = PyLong_AsLong(args[0]);
+    long path_id = PyLong_AsLong(args[1]);
+    long channel = PyLong_AsLong(args[2]);
+    unsigned long long seq = PyLong_AsUnsignedLongLongMask(args[3]);
+    unsigned long long path_seq = PyLong_AsUnsignedLongLongMask(args[4]);
+    unsigned long long send_time = PyLong_AsUnsignedLongLongMask(args[5]);
+    if (PyErr_Occurred()) return NULL;
+    Py_buffer payload;
+    if (PyObject_GetBuffer(args[6], &payload, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, HEADER_SIZE + payload.len + TAG_SIZE);
+    if (!out) { PyBuffer_Release(&payload); return NULL; }
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
+    p[0] = (uint8_t)((VERSION << 4) | (kind & 0x0F));
+    p[1] = (uint8_t)path_id;
+    put16(p + 2, (uint16_t)channel);
+    put16(p + 4, self->sender);
+    put16(p + 6, self->epoch);
+    put64(p + 8, seq);
+    put32(p + 16, (uint32_t)path_seq);
+    put32(p + 20, (uint32_t)send_time);
+    uint8_t nonce[12];
+    make_nonce(nonce, self->sender, self->epoch, (unsigned)path_id, seq);
+    int len = 0, ok;
+    ok = EVP_EncryptInit_ex(self->ctx, NULL, NULL, NULL, nonce);
+    ok = ok && EVP_EncryptUpdate(self->ctx, NULL, &len, p, HEADER_SIZE);
+    if (ok && payload.len) ok = EVP_EncryptUpdate(self->ctx, p + HEADER_SIZE, &len, payload.buf, (int)payload.len);
+    ok = ok && EVP_EncryptFinal_ex(self->ctx, p + HEADER_SIZE + payload.len, &len);
+    ok = ok && EVP_CIPHER_CTX_ctrl(self->ctx, EVP_CTRL_GCM_GET_TAG, TAG_SIZE, p + HEADER_SIZE + payload.len);
+    PyBuffer_Release(&payload);
+    if (!ok) { Py_DECREF(out); PyErr_SetString(PyExc_RuntimeError, "OpenSSL: AES-256-GCM seal failed"); return NULL; }
+    return out;
+}
+
+static PyMethodDef sealer_methods[] = {
+    {"seal", (PyCFunction)(void (*)(void))sealer_seal, METH_FASTCALL,
+     "seal(kind, path_id, channel, seq, path_seq, send_time_us, payload) -> datagram"},
+    {NULL}};
+
+static PyTypeObject SealerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "topomirror.dataplane._fastpath.Sealer",
+    .tp_basicsize = sizeof(Sealer),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Sealer(key, sender, epoch): builds v1 datagrams with AES-256-GCM under a derived traffic key.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)sealer_init,
+    .tp_dealloc = (destructor)sealer_dealloc,
+    .tp_methods = sealer_methods,
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* FastRx: a node's receive loop                                                               */
+
+typedef struct {
+    uint16_t epoch;
+    EVP_CIPHER_CTX *ctx;
+    DedupWindow *window;
+    PyObject *builder;          /* FeedbackBuilder: .meter(path_id) creates a meter */
+    PathMeter *meters[256];     /* borrowed from the builder's dict, held here with a reference */
+} RxPeer;
+
+enum {
+    C_RX, C_DELIVERED, C_FORWARDED, C_DUPLICATE, C_REPLAY, C_TOO_OLD, C_AUTH, C_MALFORMED,
+    C_RECV_CALLS, C_DATAGRAMS, C_FORWARD_ERRORS, C_NO_ROUTE, C_COUNT
+};
+
+typedef struct {
+    const uint8_t *data;
+    int len;
+    long long arrival_us;
+} Pending;
+
+typedef struct {
+    PyObject_HEAD
+    RxPeer *peers[65536];
+    PyObject *vcs; /* the Engine's relay table: (sender, channel) -> [address, expiry, packets] */
+    uint8_t *buffers;
+    uint8_t *plain;
+    Pending deferred[MAX_DEFERRED];
+    struct mmsghdr fwd[MAX_FORWARD];
+    struct iovec fwd_iov[MAX_FORWARD];
+    struct sockaddr_in fwd_addr[MAX_FORWARD];
+    int nfwd;
+} FastRx;
+
+static void rxpeer_free(RxPeer *p) {
+    if (!p) return;
+    if (p->ctx) EVP_CIPHER_CTX_free(p->ctx);
+    Py_XDECREF(p->window);
+    Py_XDECREF(p->builder);
+    for (int i = 0; i < 256; i++) Py_XDECREF(p->meters[i]);
+    PyMem_Free(p);
+}
+
+static int fastrx_init(FastRx *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"vcs", NULL};
+    PyObject *vcs;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!", kwlist, &PyDict_Type, &vcs)) return -1;
+    Py_INCREF(vcs);
+    Py_XSETREF(self->vcs, vcs);
+    if (!self->buffers) self->buffers = PyMem_Malloc((size_t)VLEN * RX_BUFFER);
+    if (!self->plain) self->plain = PyMem_Malloc(RX_BUFFER);
+    if (!self->buffers || !self->plain) { PyErr_NoMemory(); return -1; }
+    return 0;
+}
+
+static void fastrx_dealloc(FastRx *self) {
+    for (int i = 0; i < 65536; i++) rxpeer_free(self->peers[i]);
+    Py_XDECREF(self->vcs);
+    PyMem_Free(self->buffers);
+    PyMem_Free(self->plain);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* set_peer(sender, epoch, key, window, builder): DATA from `sender` in `epoch` is handled here. */
+static PyObject *fastrx_set_peer(FastRx *self, PyObject *args) {
+    int sender, epoch;
+    Py_buffer key;
+    PyObject *window, *builder;
+    if (!PyArg_ParseTuple(args, "iiy*O!O", &sender, &epoch, &key, &DedupWindowType, &window, &builder)) return NULL;
+    if (sender < 0 || sender > 65535 || key.len != 32) {
+        PyBuffer_Release(&key);
+        PyErr_SetString(PyExc_ValueError, "sender is a u16 and the key 32 bytes");
+        return NULL;
+    }
+    RxPeer *p = PyMem_Calloc(1, sizeof(RxPeer));
+    if (!p) { PyBuffer_Release(&key); return PyErr_NoMemory(); }
+    p->ctx = gcm_new(key.buf, 0);
+    PyBuffer_Release(&key);
+    if (!p->ctx) { PyMem_Free(p); PyErr_SetString(PyExc_RuntimeError, "OpenSSL: cannot set up AES-256-GCM"); return NULL; }
+    p->epoch = (uint16_t)epoch;
+    Py_INCREF(window);
+    p->window = (DedupWindow *)window;
+    Py_INCREF(builder);
+    p->builder = builder;
+    rxpeer_free(self->peers[sender]);
+    self->peers[sender] = p;
+    Py_RETURN_NONE;
+}
+
+static PyObject *fastrx_clear_peer(FastRx *self, PyObject *arg) {
+    long sender = PyLong_AsLong(arg);
+    if (sender == -1 && PyErr_Occurred()) return NULL;
+    if (sender >= 0 && sender <= 65535) {
+        rxpeer_free(self->peers[sender]);
+        self->peers[sender] = NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PathMeter *rx_meter(RxPeer *p, unsigned path_id) {
+    PathMeter *m = p->meters[path_id];
+    if (m) return m;
+    PyObject *obj = PyObject_CallMethod(p->builder, "meter", "I", path_id);
+    if (!obj) return NULL;
+    if (!PyObject_TypeCheck(obj, &PathMeterType)) {
+        Py_DECREF(obj);
+        PyErr_SetString(PyExc_TypeError, "FeedbackBuilder.meter must return a C PathMeter");
+        return NULL;
+    }
+    p->meters[path_id] = (PathMeter *)obj; /* keeps the new reference */
+    return (PathMeter *)obj;
+}
+
+/* Look up the relay table; 1 and the next hop in *addr if the datagram is to be forwarded. */
+static int rx_vc(FastRx *self, uint16_t sender, uint16_t channel, double now, struct sockaddr_in *addr) {
+    PyObject *key = Py_BuildValue("(HH)", sender, channel);
+    if (!key) { PyErr_Clear(); return 0; }
+    PyObject *entry = PyDict_GetItemWithError(self->vcs, key);
+    Py_DECREF(key);
+    if (!entry) { PyErr_Clear(); return 0; }
+    if (!PyList_Check(entry) || PyList_GET_SIZE(entry) < 3) return 0;
+    double expiry = PyFloat_AsDouble(PyList_GET_ITEM(entry, 1));
+    if (expiry == -1.0 && PyErr_Occurred()) { PyErr_Clear(); return 0; }
+    if (!(expiry > now)) return 0;
+    PyObject *address = PyList_GET_ITEM(entry, 0);
+    if (!PyTuple_Check(address) || PyTuple_GET_SIZE(address) != 2) return 0;
+    const char *host = PyUnicode_AsUTF8(PyTuple_GET_ITEM(address, 0));
+    long port = PyLong_AsLong(PyTuple_GET_ITEM(address, 1));
+    if (!host || port < 0 || port > 65535) { PyErr_Clear(); return 0; }
+    memset(addr, 0, sizeof(*addr));
+    addr->sin_family = AF_INET;
+    addr->sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, host, &addr->sin_addr) != 1) return 0;
+    long long packets = PyLong_AsLongLong(PyList_GET_ITEM(entry, 2));
+    PyObject *count = packets == -1 && PyErr_Occurred() ? NULL : PyLong_FromLongLong(packets + 1);
+    if (count) PyList_SetItem(entry, 2, count); else PyErr_Clear();
+    return 1;
+}
+
+static void rx_flush_forward(FastRx *self, int fd, unsigned long long *counts) {
+    int start = 0;
+    while (start < self->nfwd) {
+        int sent = sendmmsg(fd, self->fwd + start, (unsigned)(self->nfwd - start), MSG_DONTWAIT);
+        if (sent < 0) {
+            if (errno == ENETUNREACH || errno == EHOSTUNREACH) counts[C_NO_ROUTE]++;
+            else counts[C_FORWARD_ERRORS]++;
+            start++; /* drop the one that failed, go on with the rest */
+        } else {
+            start += sent;
+        }
+    }
+    self->nfwd = 0;
+}
+
+/* One DATA datagram for a registered peer and epoch. Returns 0 if done, 1 to defer (an expected
+ * second copy while first copies wait), -1 on a Python error. */
+static int rx_data(FastRx *self, RxPeer *p, const uint8_t *d, int len, long long arrival_us, int tun_fd,
+                   int may_defer, unsigned long long *counts) {
+    unsigned path_id = d[1];
+    uint64_t seq = be64(d + 8);
+    uint32_t path_seq = be32(d + 16), send_time = be32(d + 20);
+    int verdict = window_check(p->window, seq, path_id, send_time);
+    if (verdict == REPLAY) { counts[C_RX]++; counts[C_REPLAY]++; return 0; }
+    if (verdict == TOO_OLD) { counts[C_RX]++; counts[C_TOO_OLD]++; return 0; }
+    if (verdict == DUPLICATE && may_defer) return 1;
+    counts[C_RX]++;
+    uint8_t nonce[12];
+    make_nonce(nonce, be16(d + 4), p->epoch, path_id, seq);
+    int plen = gcm_open(p->ctx, nonce, d, len, self->plain);
+    if (plen < 0) { counts[C_AUTH]++; return 0; }
+    window_commit(p->window, seq, path_id, send_time);
+    PathMeter *m = rx_meter(p, path_id);
+    if (!m) return -1;
+    meter_record(m, arrival_us, send_time, path_seq, plen, verdict == NEW);
+    if (verdict == DUPLICATE) { counts[C_DUPLICATE]++; return 0; }
+    counts[C_DELIVERED]++;
+    if (tun_fd >= 0 && write(tun_fd, self->plain, (size_t)plen) < 0) counts[C_MALFORMED]++;
+    return 0;
+}
+
+static PyObject *counts_tuple(unsigned long long *counts) {
+    PyObject *t = PyTuple_New(C_COUNT);
+    if (!t) return NULL;
+    for (int i = 0; i < C_COUNT; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(counts[i]);
+        if (!v) { Py_DECREF(t); return NULL; }
+        PyTuple_SET_ITEM(t, i, v);
+    }
+    return t;
+}
+
+/* drain(sock_fd, tun_fd, now, offset_ns, max_calls) -> (slow, counts)
+ *
+ * Receives until the socket is empty or max_calls recvmmsg calls were made. DATA from a
+ * registered peer and epoch is opened, de-duplicated, measured and written to tun_fd here;
+ * datagrams on a live virtual connection are forwarded here. Everything else comes back in
+ * `slow` as (datagram, arrival_us) for Engine.receive, in arrival order. */
+static PyObject *fastrx_drain(FastRx *self, PyObject *args) {
+    int sock_fd, tun_fd, max_calls;
+    double now;
+    long long offset_ns;
+    if (!PyArg_ParseTuple(args, "iidLi", &sock_fd, &tun_fd, &now, &offset_ns, &max_calls)) return NULL;
+    unsigned long long counts[C_COUNT] = {0};
+    PyObject *slow = PyList_New(0);
+    if (!slow) return NULL;
+    struct mmsghdr msgs[VLEN];
+    struct iovec iov[VLEN];
+    char control[VLEN][128];
+    self->nfwd = 0;
+    for (int call = 0; call < max_calls; call++) {
+        memset(msgs, 0, sizeof(msgs));
+        for (int i = 0; i < VLEN; i++) {
+            iov[i].iov_base = self->buffers + (size_t)i * RX_BUFFER;
+            iov[i].iov_len = RX_BUFFER;
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+            msgs[i].msg_hdr.msg_control = control[i];
+            msgs[i].msg_hdr.msg_controllen = sizeof(control[i]);
+        }
+        int got = recvmmsg(sock_fd, msgs, VLEN, MSG_DONTWAIT, NULL);
+        if (got <= 0) break;
+        counts[C_RECV_CALLS]++;
+        int ndeferred = 0;
+        for (int i = 0; i < got; i++) {
+            int total = (int)msgs[i].msg_len, segment = 0;
+            long long arrival_us = -1;
+            for (struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr); c; c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)) {
+                if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+                    int value = 0;
+                    memcpy(&value, CMSG_DATA(c), c->cmsg_len - CMSG_LEN(0) < sizeof(int) ? c->cmsg_len - CMSG_LEN(0) : sizeof(int));
+                    segment = value & 0xFFFF;
+                } else if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_TIMESTAMPNS) {
+                    struct timespec ts;
+                    memcpy(&ts, CMSG_DATA(c), sizeof(ts));
+                    /* The kernel's stamp as is (CLOCK_REALTIME), moved to the monotonic clock. */
+                    arrival_us = ((long long)ts.tv_sec * 1000000000LL + ts.tv_nsec + offset_ns) / 1000;
+                }
+            }
+            if (arrival_us < 0) {
+                struct timespec ts;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                arrival_us = ((long long)ts.tv_sec * 1000000000LL + ts.tv_nsec) / 1000;
+            }
+            if (segment <= 0 || segment >= total) segment = total;
+            const uint8_t *base = self->buffers + (size_t)i * RX_BUFFER;
+            for (int off = 0; off < total; off += segment) {
+                const uint8_t *d = base + off;
+                int len = total - off < segment ? total - off : segment;
+                counts[C_DATAGRAMS]++;
+                if (len < HEADER_SIZE + TAG_SIZE || d[0] >> 4 != VERSION) {
+                    counts[C_RX]++;
+                    counts[C_MALFORMED]++;
+                    continue;
+                }
+                uint16_t channel = be16(d + 2), sender = be16(d + 4);
+                if (channel && self->nfwd < MAX_FORWARD &&
+                    rx_vc(self, sender, channel, now, &self->fwd_addr[self->nfwd])) {
+                    int k = self->nfwd++;
+                    self->fwd_iov[k].iov_base = (void *)d;
+                    self->fwd_iov[k].iov_len = (size_t)len;
+                    memset(&self->fwd[k], 0, sizeof(self->fwd[k]));
+                    self->fwd[k].msg_hdr.msg_name = &self->fwd_addr[k];
+                    self->fwd[k].msg_hdr.msg_namelen = sizeof(struct sockaddr_in);
+                    self->fwd[k].msg_hdr.msg_iov = &self->fwd_iov[k];
+                    self->fwd[k].msg_hdr.msg_iovlen = 1;
+                    counts[C_RX]++;
+                    counts[C_FORWARDED]++;
+                    continue;
+                }
+                RxPeer *p = self->peers[sender];
+                if ((d[0] & 0x0F) != KIND_DATA || !p || p->epoch != be16(d + 6)) {
+                    PyObject *item = Py_BuildValue("(y#L)", (const char *)d, (Py_ssize_t)len, arrival_us);
+                    if (!item || PyList_Append(slow, item) < 0) { Py_XDECREF(item); Py_DECREF(slow); return NULL; }
+                    Py_DECREF(item);
+                    continue;
+                }
+                int r = rx_data(self, p, d, len, arrival_us, tun_fd, ndeferred < MAX_DEFERRED, counts);
+                if (r < 0) { Py_DECREF(slow); return NULL; }
+                if (r == 1) {
+                    self->deferred[ndeferred].data = d;
+                    self->deferred[ndeferred].len = len;
+                    self->deferred[ndeferred].arrival_us = arrival_us;
+                    ndeferred++;
+                }
+            }
+        }
+        /* Second copies: authenticated and measured once this burst's first copies are out. */
+        for (int k = 0; k < ndeferred; k++) {
+            const uint8_t *d = self->deferred[k].data;
+            RxPeer *p = self->peers[be16(d + 4)];
+            if (!p || p->epoch != be16(d + 6)) continue;
+            if (rx_data(self, p, d, self->deferred[k].len, self->deferred[k].arrival_us, tun_fd, 0, counts) < 0) {
+                Py_DECREF(slow);
+                return NULL;
+            }
+        }
+        if (self->nfwd) rx_flush_forward(self, sock_fd, counts);
+        if (got < VLEN) break;
+    }
+    PyObject *ct = counts_tuple(counts);
+    if (!ct) { Py_DECREF(slow); return NULL; }
+    PyObject *out = PyTuple_Pack(2, slow, ct);
+    Py_DECREF(slow);
+    Py_DECREF(ct);
+    return out;
+}
+
+static PyMethodDef fastrx_methods[] = {
+    {"set_peer", (PyCFunction)fastrx_set_peer, METH_VARARGS,
+     "set_peer(sender, epoch, key, window, builder): DATA from sender in epoch is handled natively"},
+    {"clear_peer", (PyCFunction)fastrx_clear_peer, METH_O, "clear_peer(sender)"},
+    {"drain", (PyCFunction)fastrx_drain, METH_VARARGS,
+     "drain(sock_fd, tun_fd, now, offset_ns, max_calls) -> (slow datagrams, counts)"},
+    {NULL}};
+
+static PyTypeObject FastRxType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "topomirror.dataplane._fastpath.FastRx",
+    .tp_basicsize = sizeof(FastRx),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "FastRx(vcs): a node's native receive loop (see module doc).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)fastrx_init,
+    .tp_dealloc = (destructor)fastrx_dealloc,
+    .tp_methods = fastrx_methods,
+};
+
+/* ------------------------------------------------------------------------------------------ */
+
+static PyMethodDef module_methods[] = {
+    {"set_verdicts", set_verdicts, METH_O, "set_verdicts((NEW, DUPLICATE, REPLAY, TOO_OLD)): what check returns"},
+    {NULL}};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_fastpath",
+    "topomirror's per-packet loop in C (de-dup window, path meter, AES-256-GCM seal/open, receive loop).",
+    -1, module_methods};
+
+PyMODINIT_FUNC PyInit__fastpath(void) {
+    if (PyType_Ready(&DedupWindowType) < 0 || PyType_Ready(&PathMeterType) < 0 || PyType_Ready(&SealerType) < 0 ||
+        PyType_Ready(&FastRxType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&DedupWindowType);
+    Py_INCREF(&PathMeterType);
+    Py_INCREF(&SealerType);
+    Py_INCREF(&FastRxType);
+    if (PyModule_AddObject(m, "DedupWindow", (PyObject *)&DedupWindowType) < 0 ||
+        PyModule_AddObject(m, "PathMeter", (PyObject *)&PathMeterType) < 0 ||
+        PyModule_AddObject(m, "Sealer", (PyObject *)&SealerType) < 0 ||
+        PyModule_AddObject(m, "FastRx", (PyObject *)&FastRxType) < 0 ||
+        PyModule_AddIntConstant(m, "COUNTS", C_COUNT) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,231 @@
+"""The native per-packet loop against the Python reference it replaces.
+
+Each C piece is run side by side with its Python twin on the same inputs (hypothesis draws them):
+the de-dup window, the path meter, the sealer. The receive loop runs on real loopback UDP sockets,
+with a pipe standing in for the TUN device, and must leave the same counters, windows and meter
+reports as `Engine.receive` given the same datagrams.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from topomirror.dataplane import native
+from topomirror.dataplane.engine import DELIVER, Engine, PathRoute
+from topomirror.feedback.measure import PathMeter, PyPathMeter
+from topomirror.wire.crypto import derive, derive_key, pack_nonce
+from topomirror.wire.dedup import DedupWindow, PyDedupWindow
+from topomirror.wire.header import HEADER, HEADER_SIZE, MessageType
+
+fast = native.fast
+
+
+def test_the_native_data_plane_is_built() -> None:
+    # CI runs the native loop; a machine without gcc or libssl-dev must say so, not fall back quietly.
+    assert fast is not None, native.why_not
+    assert DedupWindow is fast.DedupWindow and issubclass(PathMeter, fast.PathMeter)
+
+
+operations = st.lists(st.tuples(st.integers(0, 600), st.integers(0, 9), st.integers(0, 2**32 - 1),
+                                st.booleans()), max_size=300)
+
+
+@settings(max_examples=300)
+@given(operations, st.sampled_from([16, 64, 256]), st.sampled_from([1_000, 250_000, 10**9]))
+def test_the_c_window_decides_as_the_python_window(ops: list[tuple[int, int, int, bool]], size: int,
+                                                    skew: int) -> None:
+    c, py = DedupWindow(size, skew), PyDedupWindow(size, skew)
+    for seq, path, send_time, commit in ops:
+        assert c.check(seq, path, send_time) is py.check(seq, path, send_time)
+        if commit:
+            c.commit(seq, path, send_time)
+            py.commit(seq, path, send_time)
+        assert c.highest == py.highest
+
+
+arrivals = st.lists(st.tuples(
+    st.integers(0, 90_000_000),  # gap to the previous arrival, us (over a minute now and then)
+    st.integers(-50_000, 400_000),  # transit = arrival - send (clock offset plus queueing), us
+    st.integers(-3, 5),  # path sequence step (reordering, repeats, gaps)
+    st.integers(0, 1500), st.booleans(), st.booleans()), max_size=200)
+
+
+@settings(max_examples=300)
+@given(arrivals, st.integers(0, 2**32 - 1), st.integers(0, 2**40))
+def test_the_c_meter_measures_as_the_python_meter(steps, first_seq: int, start: int) -> None:  # type: ignore[no-untyped-def]
+    c, py = PathMeter(3), PyPathMeter(3)
+    arrival, path_seq = start, first_seq
+    for gap, transit, step, size, won, report in steps:
+        arrival += gap
+        path_seq = (path_seq + step) % 2**32
+        send_time = (arrival - transit) % 2**32
+        c.record(arrival, send_time, path_seq, size, won)
+        py.record(arrival, send_time, path_seq, size, won)
+        assert (c.owd_now_us, int(c.jitter_us), c.total_packets, c.total_wins) == \
+            (py.owd_now_us, int(py.jitter_us), py.total_packets, py.total_wins)
+        if report:
+            assert c.report(100) == py.report(100)
+    assert c.report(100) == py.report(100)
+
+
+@settings(max_examples=100)
+@given(st.binary(max_size=1500), st.integers(0, 255), st.integers(0, 65535), st.integers(0, 2**64 - 1),
+       st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.sampled_from(list(MessageType)))
+def test_the_sealer_writes_what_the_python_seal_writes(payload: bytes, path_id: int, channel: int, seq: int,
+                                                       path_seq: int, send_time: int, kind: MessageType) -> None:
+    assert fast is not None
+    pair_key = b"k" * 32
+    sealer = fast.Sealer(derive_key(pair_key, 7, 3), 7, 3)
+    datagram = sealer.seal(int(kind), path_id, channel, seq, path_seq, send_time, payload)
+    head = HEADER.pack((1 << 4) | int(kind), path_id, channel, 7, 3, seq, path_seq, send_time)
+    expected = head + derive(pair_key, 7, 3).encrypt(pack_nonce(7, 3, path_id, seq), payload, head)
+    assert datagram == expected
+
+
+# -- the receive loop on real sockets ---------------------------------------------------------
+
+KEY_AB, KEY_AR, KEY_BR = os.urandom(32), os.urandom(32), os.urandom(32)
+
+
+def _socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+
+def _engines(b_addr, r_addr):  # type: ignore[no-untyped-def]
+    a, b = Engine(1, 1), Engine(2, 7)
+    a.add_peer(2, "b", KEY_AB, b_addr, relay=False)
+    a.add_peer(3, "r", KEY_AR, r_addr, relay=True)
+    b.add_peer(1, "a", KEY_AB, ("127.0.0.1", 9), relay=False)
+    a.peers[2].mirrors["via-r"] = PathRoute(1, 5, r_addr, ("r",), active=True)
+    return a, b
+
+
+def _drain_all(engine: Engine, sock: socket.socket, tun: int, expect: int) -> list[tuple[bytes, int]]:
+    """Drain until `expect` datagrams were counted (or handed back), at most 2 s."""
+    slow: list[tuple[bytes, int]] = []
+    stats = {"recv_calls": 0, "datagrams_received": 0}
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        got = engine.drain(sock.fileno(), tun, 1.0, time.monotonic_ns() - time.time_ns(), 64, stats, {})
+        slow.extend(got)
+        if engine.counters["rx_datagrams"] + len(slow) >= expect:
+            break
+        time.sleep(0.01)
+    return slow
+
+
+def test_the_native_loop_delivers_first_copies_and_counts_as_the_python_engine() -> None:
+    assert fast is not None
+    b_sock, r_sock, a_sock = _socket(), _socket(), _socket()
+    tun_read, tun_write = os.pipe()
+    os.set_blocking(tun_read, False)
+    try:
+        a, b = _engines(b_sock.getsockname(), r_sock.getsockname())
+        reference = Engine(2, 7)
+        reference.add_peer(1, "a", KEY_AB, ("127.0.0.1", 9), relay=False)
+        peer = a.peers[2]
+        sent: list[bytes] = []
+        for i in range(40):
+            for datagram, _address in a.encapsulate(peer, a.routes_to(peer), f"inner-{i}".encode(), 1.0,
+                                                    1_000_000 + i * 100):
+                sent.append(datagram)
+        [(unsent, _)] = a.encapsulate(peer, [peer.standard], b"never", 1.0, 1_010_000)  # type: ignore[list-item]
+        forged = bytearray(unsent)
+        forged[-1] ^= 1  # a new sequence number, a broken tag
+        # standard copies first, then every mirror copy (the duplicates), a replay and a forgery
+        wire = sent[0::2] + sent[1::2] + [sent[4], bytes(forged)]
+        # The first datagram of the sender's epoch goes through Python (it registers the epoch)
+        first = wire[0]
+        kind, payload, _ = b.receive(first, 1.0, 1_000_050)
+        assert kind == DELIVER and payload == b"inner-0"
+        for datagram in wire[1:]:
+            a_sock.sendto(datagram, b_sock.getsockname())
+        slow = _drain_all(b, b_sock, tun_write, len(wire) - 1)
+        assert slow == []  # every DATA of a known epoch stayed in C
+        delivered = os.read(tun_read, 65536 * 4)
+        for i in range(1, 40):
+            assert f"inner-{i}".encode() in delivered
+        for i, datagram in enumerate(wire):
+            reference.receive(datagram, 1.0, 1_000_050 + i)
+        assert b.counters["delivered"] == reference.counters["delivered"] == 40
+        assert b.counters["rx_datagrams"] == reference.counters["rx_datagrams"] == len(wire)
+        for reason in ("duplicate", "replay", "auth_failed"):
+            assert b.drops[reason] == reference.drops[reason], reason
+        assert (b.drops["duplicate"], b.drops["replay"], b.drops["auth_failed"]) == (40, 1, 1)
+        mine, theirs = b.peers[1].meters, reference.peers[1].meters
+        assert mine is not None and theirs is not None
+        assert {p: (m.total_packets, m.total_wins) for p, m in mine.meters.items()} == \
+            {p: (m.total_packets, m.total_wins) for p, m in theirs.meters.items()} == {0: (40, 40), 1: (40, 0)}
+    finally:
+        for s in (a_sock, b_sock, r_sock):
+            s.close()
+        os.close(tun_read)
+        os.close(tun_write)
+
+
+def test_the_native_loop_forwards_on_a_live_virtual_connection_only() -> None:
+    assert fast is not None
+    b_sock, r_sock, a_sock = _socket(), _socket(), _socket()
+    try:
+        a, _b = _engines(b_sock.getsockname(), r_sock.getsockname())
+        relay = Engine(3, 9)
+        relay.add_peer(1, "a", KEY_AR, a_sock.getsockname(), relay=False)
+        relay.install_vc(1, 5, b_sock.getsockname(), expiry=100.0)
+        peer = a.peers[2]
+        mirror = [copies[1][0] for copies in
+                  (a.encapsulate(peer, a.routes_to(peer), bytes([i]) * 100, 1.0, 1_000_000 + i) for i in range(20))]
+        for datagram in mirror:
+            a_sock.sendto(datagram, r_sock.getsockname())
+        assert _drain_all(relay, r_sock, -1, 20) == []
+        assert relay.counters["forwarded"] == 20 and relay.vcs[(1, 5)][2] == 20
+        time.sleep(0.05)
+        arrived = []
+        while True:
+            try:
+                arrived.append(b_sock.recv(65536))
+            except BlockingIOError:
+                break
+        assert arrived == mirror  # unchanged, in order
+        # An expired connection forwards nothing: the datagram is not for the relay either.
+        relay.install_vc(1, 5, b_sock.getsockname(), expiry=0.5)
+        a_sock.sendto(mirror[0], r_sock.getsockname())
+        slow = _drain_all(relay, r_sock, -1, 21)
+        assert relay.counters["forwarded"] == 20 and [d for d, _ in slow] == [mirror[0]]
+    finally:
+        for s in (a_sock, b_sock, r_sock):
+            s.close()
+
+
+def test_a_malformed_datagram_is_counted_in_c() -> None:
+    assert fast is not None
+    b_sock, a_sock = _socket(), _socket()
+    try:
+        b = Engine(2, 7)
+        b.add_peer(1, "a", KEY_AB, ("127.0.0.1", 9), relay=False)
+        a_sock.sendto(b"\x00" * 10, b_sock.getsockname())
+        a_sock.sendto(bytes([0x21]) + b"\x00" * (HEADER_SIZE + 20), b_sock.getsockname())  # version 2
+        assert _drain_all(b, b_sock, -1, 2) == []
+        assert b.drops["malformed"] == 2 and b.counters["rx_datagrams"] == 2
+    finally:
+        a_sock.close()
+        b_sock.close()
+
+
+@pytest.mark.parametrize("size", [0, 1, 1432])
+def test_sealed_by_c_opens_in_python(size: int) -> None:
+    a = Engine(1, 4)
+    b = Engine(2, 6)
+    a.add_peer(2, "b", KEY_AB, ("127.0.0.1", 9), relay=False)
+    b.add_peer(1, "a", KEY_AB, ("127.0.0.1", 9), relay=False)
+    assert a.peers[2].sealer is not None
+    [(datagram, _)] = a.encapsulate(a.peers[2], [a.peers[2].standard], b"x" * size, 1.0, 5)  # type: ignore[list-item]
+    assert b.receive(datagram, 1.0, 10)[:2] == (DELIVER, b"x" * size)
