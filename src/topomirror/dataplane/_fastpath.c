@@ -520,7 +520,9 @@ typedef struct {
     struct mmsghdr fwd[MAX_FORWARD];
     struct iovec fwd_iov[MAX_FORWARD];
     struct sockaddr_in fwd_addr[MAX_FORWARD];
+    char fwd_control[MAX_FORWARD][CMSG_SPACE(sizeof(uint16_t))];
     int nfwd;
+    int gso; /* forward runs as UDP GSO super-datagrams until the kernel refuses */
 } FastRx;
 
 static void rxpeer_free(RxPeer *p) {
@@ -541,6 +543,7 @@ static int fastrx_init(FastRx *self, PyObject *args, PyObject *kwds) {
     if (!self->buffers) self->buffers = PyMem_Malloc((size_t)VLEN * RX_BUFFER);
     if (!self->plain) self->plain = PyMem_Malloc(RX_BUFFER);
     if (!self->buffers || !self->plain) { PyErr_NoMemory(); return -1; }
+    self->gso = 1;
     return 0;
 }
 
@@ -628,13 +631,72 @@ static int rx_vc(FastRx *self, uint16_t sender, uint16_t channel, double now, st
     return 1;
 }
 
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#define GSO_MAX_SEGMENTS 64
+#define GSO_MAX_BYTES 65000
+
+static inline int same_address(const struct sockaddr_in *a, const struct sockaddr_in *b) {
+    return a->sin_addr.s_addr == b->sin_addr.s_addr && a->sin_port == b->sin_port;
+}
+
+/* Send what this burst forwards: consecutive datagrams to one next hop, all of one size but
+ * the last, leave as one UDP GSO send (across veth to a GRO socket they stay one packet). */
 static void rx_flush_forward(FastRx *self, int fd, unsigned long long *counts) {
+    int ngroups = 0, k = 0;
+    while (k < self->nfwd) {
+        int start = k, seg = (int)self->fwd_iov[k].iov_len, total = seg;
+        k++;
+        if (self->gso) {
+            while (k < self->nfwd && k - start < GSO_MAX_SEGMENTS && same_address(&self->fwd_addr[k], &self->fwd_addr[start])
+                   && (int)self->fwd_iov[k].iov_len <= seg && total + (int)self->fwd_iov[k].iov_len <= GSO_MAX_BYTES) {
+                total += (int)self->fwd_iov[k].iov_len;
+                k++;
+                if ((int)self->fwd_iov[k - 1].iov_len < seg) break; /* a shorter one ends the run */
+            }
+        }
+        struct msghdr *h = &self->fwd[ngroups].msg_hdr;
+        memset(&self->fwd[ngroups], 0, sizeof(self->fwd[ngroups]));
+        h->msg_name = &self->fwd_addr[start];
+        h->msg_namelen = sizeof(struct sockaddr_in);
+        h->msg_iov = &self->fwd_iov[start];
+        h->msg_iovlen = (size_t)(k - start);
+        if (k - start > 1) {
+            h->msg_control = self->fwd_control[ngroups];
+            h->msg_controllen = sizeof(self->fwd_control[ngroups]);
+            struct cmsghdr *c = CMSG_FIRSTHDR(h);
+            c->cmsg_level = SOL_UDP;
+            c->cmsg_type = UDP_SEGMENT;
+            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t size = (uint16_t)seg;
+            memcpy(CMSG_DATA(c), &size, sizeof(size));
+        }
+        ngroups++;
+    }
     int start = 0;
-    while (start < self->nfwd) {
-        int sent = sendmmsg(fd, self->fwd + start, (unsigned)(self->nfwd - start), MSG_DONTWAIT);
+    while (start < ngroups) {
+        int sent = sendmmsg(fd, self->fwd + start, (unsigned)(ngroups - start), MSG_DONTWAIT);
         if (sent < 0) {
-            if (errno == ENETUNREACH || errno == EHOSTUNREACH) counts[C_NO_ROUTE]++;
-            else counts[C_FORWARD_ERRORS]++;
+            int code = errno;
+            if (self->gso && self->fwd[start].msg_hdr.msg_iovlen > 1 &&
+                (code == EIO || code == EINVAL || code == EOPNOTSUPP || code == ENOPROTOOPT)) {
+                /* No segmentation offload here: from now on one datagram per message. */
+                self->gso = 0;
+                struct msghdr *h = &self->fwd[start].msg_hdr;
+                for (size_t i = 0; i < h->msg_iovlen; i++) {
+                    struct msghdr one = {0};
+                    one.msg_name = h->msg_name;
+                    one.msg_namelen = h->msg_namelen;
+                    one.msg_iov = &h->msg_iov[i];
+                    one.msg_iovlen = 1;
+                    if (sendmsg(fd, &one, MSG_DONTWAIT) < 0) counts[C_FORWARD_ERRORS]++;
+                }
+            } else if (code == ENETUNREACH || code == EHOSTUNREACH) {
+                counts[C_NO_ROUTE] += self->fwd[start].msg_hdr.msg_iovlen;
+            } else {
+                counts[C_FORWARD_ERRORS] += self->fwd[start].msg_hdr.msg_iovlen;
+            }
             start++; /* drop the one that failed, go on with the rest */
         } else {
             start += sent;
@@ -749,11 +811,6 @@ static PyObject *fastrx_drain(FastRx *self, PyObject *args) {
                     int k = self->nfwd++;
                     self->fwd_iov[k].iov_base = (void *)d;
                     self->fwd_iov[k].iov_len = (size_t)len;
-                    memset(&self->fwd[k], 0, sizeof(self->fwd[k]));
-                    self->fwd[k].msg_hdr.msg_name = &self->fwd_addr[k];
-                    self->fwd[k].msg_hdr.msg_namelen = sizeof(struct sockaddr_in);
-                    self->fwd[k].msg_hdr.msg_iov = &self->fwd_iov[k];
-                    self->fwd[k].msg_hdr.msg_iovlen = 1;
                     counts[C_RX]++;
                     counts[C_FORWARDED]++;
                     continue;
