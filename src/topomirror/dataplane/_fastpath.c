@@ -410,6 +410,8 @@ typedef struct {
     PyObject_HEAD
     EVP_CIPHER_CTX *ctx;
     uint16_t sender, epoch;
+    unsigned long long seq;    /* the session sequence of the last packet sent to this peer */
+    uint32_t path_seq[256];    /* per path: the last path sequence sent */
 } Sealer;
 
 static int sealer_init(Sealer *self, PyObject *args, PyObject *kwds) {
@@ -428,7 +430,40 @@ static int sealer_init(Sealer *self, PyObject *args, PyObject *kwds) {
     if (!self->ctx) { PyErr_SetString(PyExc_RuntimeError, "OpenSSL: cannot set up AES-256-GCM"); return -1; }
     self->sender = (uint16_t)sender;
     self->epoch = (uint16_t)epoch;
+    self->seq = 0;
+    memset(self->path_seq, 0, sizeof(self->path_seq));
     return 0;
+}
+
+static PyObject *sealer_next_seq(Sealer *self, PyObject *unused) { return PyLong_FromUnsignedLongLong(++self->seq); }
+
+static PyObject *sealer_next_path_seq(Sealer *self, PyObject *arg) {
+    long path_id = PyLong_AsLong(arg);
+    if (path_id == -1 && PyErr_Occurred()) return NULL;
+    if (path_id < 0 || path_id > 255) { PyErr_SetString(PyExc_ValueError, "path id is a u8"); return NULL; }
+    return PyLong_FromUnsignedLong(++self->path_seq[path_id]);
+}
+
+/* Seal one DATA copy into out (HEADER + payload + TAG bytes); 0 on success. */
+static int seal_into(Sealer *self, uint8_t *p, int kind, unsigned path_id, uint16_t channel, uint64_t seq,
+                     uint32_t path_seq, uint32_t send_time, const uint8_t *payload, int len) {
+    p[0] = (uint8_t)((VERSION << 4) | (kind & 0x0F));
+    p[1] = (uint8_t)path_id;
+    put16(p + 2, channel);
+    put16(p + 4, self->sender);
+    put16(p + 6, self->epoch);
+    put64(p + 8, seq);
+    put32(p + 16, path_seq);
+    put32(p + 20, send_time);
+    uint8_t nonce[12];
+    make_nonce(nonce, self->sender, self->epoch, path_id, seq);
+    int n = 0, ok;
+    ok = EVP_EncryptInit_ex(self->ctx, NULL, NULL, NULL, nonce);
+    ok = ok && EVP_EncryptUpdate(self->ctx, NULL, &n, p, HEADER_SIZE);
+    if (ok && len) ok = EVP_EncryptUpdate(self->ctx, p + HEADER_SIZE, &n, payload, len);
+    ok = ok && EVP_EncryptFinal_ex(self->ctx, p + HEADER_SIZE + len, &n);
+    ok = ok && EVP_CIPHER_CTX_ctrl(self->ctx, EVP_CTRL_GCM_GET_TAG, TAG_SIZE, p + HEADER_SIZE + len);
+    return ok ? 0 : -1;
 }
 
 static void sealer_dealloc(Sealer *self) {
@@ -451,30 +486,22 @@ static PyObject *sealer_seal(Sealer *self, PyObject *const *args, Py_ssize_t n) 
     PyObject *out = PyBytes_FromStringAndSize(NULL, HEADER_SIZE + payload.len + TAG_SIZE);
     if (!out) { PyBuffer_Release(&payload); return NULL; }
     uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
-    p[0] = (uint8_t)((VERSION << 4) | (kind & 0x0F));
-    p[1] = (uint8_t)path_id;
-    put16(p + 2, (uint16_t)channel);
-    put16(p + 4, self->sender);
-    put16(p + 6, self->epoch);
-    put64(p + 8, seq);
-    put32(p + 16, (uint32_t)path_seq);
-    put32(p + 20, (uint32_t)send_time);
-    uint8_t nonce[12];
-    make_nonce(nonce, self->sender, self->epoch, (unsigned)path_id, seq);
-    int len = 0, ok;
-    ok = EVP_EncryptInit_ex(self->ctx, NULL, NULL, NULL, nonce);
-    ok = ok && EVP_EncryptUpdate(self->ctx, NULL, &len, p, HEADER_SIZE);
-    if (ok && payload.len) ok = EVP_EncryptUpdate(self->ctx, p + HEADER_SIZE, &len, payload.buf, (int)payload.len);
-    ok = ok && EVP_EncryptFinal_ex(self->ctx, p + HEADER_SIZE + payload.len, &len);
-    ok = ok && EVP_CIPHER_CTX_ctrl(self->ctx, EVP_CTRL_GCM_GET_TAG, TAG_SIZE, p + HEADER_SIZE + payload.len);
+    int failed = seal_into(self, p, (int)kind, (unsigned)path_id, (uint16_t)channel, seq, (uint32_t)path_seq,
+                           (uint32_t)send_time, payload.buf, (int)payload.len);
     PyBuffer_Release(&payload);
-    if (!ok) { Py_DECREF(out); PyErr_SetString(PyExc_RuntimeError, "OpenSSL: AES-256-GCM seal failed"); return NULL; }
+    if (failed) { Py_DECREF(out); PyErr_SetString(PyExc_RuntimeError, "OpenSSL: AES-256-GCM seal failed"); return NULL; }
     return out;
 }
 
 static PyMethodDef sealer_methods[] = {
     {"seal", (PyCFunction)(void (*)(void))sealer_seal, METH_FASTCALL,
      "seal(kind, path_id, channel, seq, path_seq, send_time_us, payload) -> datagram"},
+    {"next_seq", (PyCFunction)sealer_next_seq, METH_NOARGS, "the next session sequence number"},
+    {"next_path_seq", (PyCFunction)sealer_next_path_seq, METH_O, "next_path_seq(path_id): the next path sequence"},
+    {NULL}};
+
+static PyMemberDef sealer_members[] = {
+    {"seq", T_ULONGLONG, offsetof(Sealer, seq), READONLY, "the session sequence of the last packet sent"},
     {NULL}};
 
 static PyTypeObject SealerType = {
@@ -486,7 +513,91 @@ static PyTypeObject SealerType = {
     .tp_init = (initproc)sealer_init,
     .tp_dealloc = (destructor)sealer_dealloc,
     .tp_methods = sealer_methods,
+    .tp_members = sealer_members,
 };
+
+/* ------------------------------------------------------------------------------------------ */
+/* Sending bursts                                                                              */
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#define GSO_MAX_SEGMENTS 64
+#define GSO_MAX_BYTES 65000
+
+static inline int same_address(const struct sockaddr_in *a, const struct sockaddr_in *b) {
+    return a->sin_addr.s_addr == b->sin_addr.s_addr && a->sin_port == b->sin_port;
+}
+
+typedef struct {
+    struct mmsghdr msgs[MAX_FORWARD];
+    char control[MAX_FORWARD][CMSG_SPACE(sizeof(uint16_t))];
+    int gso; /* runs leave as UDP GSO super-datagrams until the kernel refuses */
+} Sender;
+
+/* Send n datagrams (iov[i] to addr[i]): consecutive datagrams to one address, all of one size but
+ * the last, leave as one UDP GSO send (across veth to a GRO socket they stay one packet). */
+static void send_runs(Sender *sd, int fd, struct iovec *iov, struct sockaddr_in *addr, int n,
+                      unsigned long long *no_route, unsigned long long *errors) {
+    int ngroups = 0, k = 0;
+    while (k < n) {
+        int start = k, seg = (int)iov[k].iov_len, total = seg;
+        k++;
+        if (sd->gso) {
+            while (k < n && k - start < GSO_MAX_SEGMENTS && same_address(&addr[k], &addr[start])
+                   && (int)iov[k].iov_len <= seg && total + (int)iov[k].iov_len <= GSO_MAX_BYTES) {
+                total += (int)iov[k].iov_len;
+                k++;
+                if ((int)iov[k - 1].iov_len < seg) break; /* a shorter one ends the run */
+            }
+        }
+        struct msghdr *h = &sd->msgs[ngroups].msg_hdr;
+        memset(&sd->msgs[ngroups], 0, sizeof(sd->msgs[ngroups]));
+        h->msg_name = &addr[start];
+        h->msg_namelen = sizeof(struct sockaddr_in);
+        h->msg_iov = &iov[start];
+        h->msg_iovlen = (size_t)(k - start);
+        if (k - start > 1) {
+            h->msg_control = sd->control[ngroups];
+            h->msg_controllen = sizeof(sd->control[ngroups]);
+            struct cmsghdr *c = CMSG_FIRSTHDR(h);
+            c->cmsg_level = SOL_UDP;
+            c->cmsg_type = UDP_SEGMENT;
+            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t size = (uint16_t)seg;
+            memcpy(CMSG_DATA(c), &size, sizeof(size));
+        }
+        ngroups++;
+    }
+    int start = 0;
+    while (start < ngroups) {
+        int sent = sendmmsg(fd, sd->msgs + start, (unsigned)(ngroups - start), MSG_DONTWAIT);
+        if (sent < 0) {
+            int code = errno;
+            struct msghdr *h = &sd->msgs[start].msg_hdr;
+            if (sd->gso && h->msg_iovlen > 1 &&
+                (code == EIO || code == EINVAL || code == EOPNOTSUPP || code == ENOPROTOOPT)) {
+                /* No segmentation offload here: from now on one datagram per message. */
+                sd->gso = 0;
+                for (size_t i = 0; i < h->msg_iovlen; i++) {
+                    struct msghdr one = {0};
+                    one.msg_name = h->msg_name;
+                    one.msg_namelen = h->msg_namelen;
+                    one.msg_iov = &h->msg_iov[i];
+                    one.msg_iovlen = 1;
+                    if (sendmsg(fd, &one, MSG_DONTWAIT) < 0) (*errors)++;
+                }
+            } else if (code == ENETUNREACH || code == EHOSTUNREACH) {
+                *no_route += h->msg_iovlen;
+            } else {
+                *errors += h->msg_iovlen;
+            }
+            start++; /* drop the one that failed, go on with the rest */
+        } else {
+            start += sent;
+        }
+    }
+}
 
 /* ------------------------------------------------------------------------------------------ */
 /* FastRx: a node's receive loop                                                               */
@@ -517,12 +628,10 @@ typedef struct {
     uint8_t *buffers;
     uint8_t *plain;
     Pending deferred[MAX_DEFERRED];
-    struct mmsghdr fwd[MAX_FORWARD];
     struct iovec fwd_iov[MAX_FORWARD];
     struct sockaddr_in fwd_addr[MAX_FORWARD];
-    char fwd_control[MAX_FORWARD][CMSG_SPACE(sizeof(uint16_t))];
     int nfwd;
-    int gso; /* forward runs as UDP GSO super-datagrams until the kernel refuses */
+    Sender sender;
 } FastRx;
 
 static void rxpeer_free(RxPeer *p) {
@@ -543,7 +652,7 @@ static int fastrx_init(FastRx *self, PyObject *args, PyObject *kwds) {
     if (!self->buffers) self->buffers = PyMem_Malloc((size_t)VLEN * RX_BUFFER);
     if (!self->plain) self->plain = PyMem_Malloc(RX_BUFFER);
     if (!self->buffers || !self->plain) { PyErr_NoMemory(); return -1; }
-    self->gso = 1;
+    self->sender.gso = 1;
     return 0;
 }
 
@@ -629,80 +738,6 @@ static int rx_vc(FastRx *self, uint16_t sender, uint16_t channel, double now, st
     PyObject *count = packets == -1 && PyErr_Occurred() ? NULL : PyLong_FromLongLong(packets + 1);
     if (count) PyList_SetItem(entry, 2, count); else PyErr_Clear();
     return 1;
-}
-
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
-#define GSO_MAX_SEGMENTS 64
-#define GSO_MAX_BYTES 65000
-
-static inline int same_address(const struct sockaddr_in *a, const struct sockaddr_in *b) {
-    return a->sin_addr.s_addr == b->sin_addr.s_addr && a->sin_port == b->sin_port;
-}
-
-/* Send what this burst forwards: consecutive datagrams to one next hop, all of one size but
- * the last, leave as one UDP GSO send (across veth to a GRO socket they stay one packet). */
-static void rx_flush_forward(FastRx *self, int fd, unsigned long long *counts) {
-    int ngroups = 0, k = 0;
-    while (k < self->nfwd) {
-        int start = k, seg = (int)self->fwd_iov[k].iov_len, total = seg;
-        k++;
-        if (self->gso) {
-            while (k < self->nfwd && k - start < GSO_MAX_SEGMENTS && same_address(&self->fwd_addr[k], &self->fwd_addr[start])
-                   && (int)self->fwd_iov[k].iov_len <= seg && total + (int)self->fwd_iov[k].iov_len <= GSO_MAX_BYTES) {
-                total += (int)self->fwd_iov[k].iov_len;
-                k++;
-                if ((int)self->fwd_iov[k - 1].iov_len < seg) break; /* a shorter one ends the run */
-            }
-        }
-        struct msghdr *h = &self->fwd[ngroups].msg_hdr;
-        memset(&self->fwd[ngroups], 0, sizeof(self->fwd[ngroups]));
-        h->msg_name = &self->fwd_addr[start];
-        h->msg_namelen = sizeof(struct sockaddr_in);
-        h->msg_iov = &self->fwd_iov[start];
-        h->msg_iovlen = (size_t)(k - start);
-        if (k - start > 1) {
-            h->msg_control = self->fwd_control[ngroups];
-            h->msg_controllen = sizeof(self->fwd_control[ngroups]);
-            struct cmsghdr *c = CMSG_FIRSTHDR(h);
-            c->cmsg_level = SOL_UDP;
-            c->cmsg_type = UDP_SEGMENT;
-            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-            uint16_t size = (uint16_t)seg;
-            memcpy(CMSG_DATA(c), &size, sizeof(size));
-        }
-        ngroups++;
-    }
-    int start = 0;
-    while (start < ngroups) {
-        int sent = sendmmsg(fd, self->fwd + start, (unsigned)(ngroups - start), MSG_DONTWAIT);
-        if (sent < 0) {
-            int code = errno;
-            if (self->gso && self->fwd[start].msg_hdr.msg_iovlen > 1 &&
-                (code == EIO || code == EINVAL || code == EOPNOTSUPP || code == ENOPROTOOPT)) {
-                /* No segmentation offload here: from now on one datagram per message. */
-                self->gso = 0;
-                struct msghdr *h = &self->fwd[start].msg_hdr;
-                for (size_t i = 0; i < h->msg_iovlen; i++) {
-                    struct msghdr one = {0};
-                    one.msg_name = h->msg_name;
-                    one.msg_namelen = h->msg_namelen;
-                    one.msg_iov = &h->msg_iov[i];
-                    one.msg_iovlen = 1;
-                    if (sendmsg(fd, &one, MSG_DONTWAIT) < 0) counts[C_FORWARD_ERRORS]++;
-                }
-            } else if (code == ENETUNREACH || code == EHOSTUNREACH) {
-                counts[C_NO_ROUTE] += self->fwd[start].msg_hdr.msg_iovlen;
-            } else {
-                counts[C_FORWARD_ERRORS] += self->fwd[start].msg_hdr.msg_iovlen;
-            }
-            start++; /* drop the one that failed, go on with the rest */
-        } else {
-            start += sent;
-        }
-    }
-    self->nfwd = 0;
 }
 
 /* One DATA datagram for a registered peer and epoch. Returns 0 if done, 1 to defer (an expected
@@ -842,7 +877,11 @@ static PyObject *fastrx_drain(FastRx *self, PyObject *args) {
                 return NULL;
             }
         }
-        if (self->nfwd) rx_flush_forward(self, sock_fd, counts);
+        if (self->nfwd) {
+            send_runs(&self->sender, sock_fd, self->fwd_iov, self->fwd_addr, self->nfwd, &counts[C_NO_ROUTE],
+                      &counts[C_FORWARD_ERRORS]);
+            self->nfwd = 0;
+        }
         if (got < VLEN) break;
     }
     PyObject *ct = counts_tuple(counts);
@@ -874,6 +913,271 @@ static PyTypeObject FastRxType = {
 
 /* ------------------------------------------------------------------------------------------ */
 
+/* ------------------------------------------------------------------------------------------ */
+/* FastTx: a node's send loop for the flows the daemon handed down                            */
+
+typedef struct {
+    struct sockaddr_in addr;
+    unsigned path_id;
+    uint16_t channel;
+} TxRoute;
+
+#define MAX_ROUTES 4
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *entry;  /* the daemon's FlowEntry */
+    PyObject *routes; /* its PathRoute objects, for the daemon's accounting */
+    Sealer *sealer;
+    int nroutes;
+    TxRoute route[MAX_ROUTES];
+    long long packets, bytes; /* since the last take */
+    int touched;
+} FastFlow;
+
+static PyTypeObject FastFlowType;
+
+static int address_from(PyObject *host, PyObject *port, struct sockaddr_in *addr) {
+    const char *text = PyUnicode_AsUTF8(host);
+    long p = PyLong_AsLong(port);
+    if (!text || (p == -1 && PyErr_Occurred())) return -1;
+    memset(addr, 0, sizeof(*addr));
+    addr->sin_family = AF_INET;
+    addr->sin_port = htons((uint16_t)p);
+    if (p < 0 || p > 65535 || inet_pton(AF_INET, text, &addr->sin_addr) != 1) {
+        PyErr_Format(PyExc_ValueError, "not an IPv4 address and port: %s:%ld", text, p);
+        return -1;
+    }
+    return 0;
+}
+
+/* FastFlow(entry, routes, sealer, specs): specs is one (host, port, path_id, channel) per route. */
+static int fastflow_init(FastFlow *self, PyObject *args, PyObject *kwds) {
+    PyObject *entry, *routes, *sealer, *specs;
+    if (!PyArg_ParseTuple(args, "OOO!O!", &entry, &routes, &SealerType, &sealer, &PyTuple_Type, &specs)) return -1;
+    Py_ssize_t n = PyTuple_GET_SIZE(specs);
+    if (n < 1 || n > MAX_ROUTES) { PyErr_SetString(PyExc_ValueError, "a fast flow has 1 to 4 routes"); return -1; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *spec = PyTuple_GET_ITEM(specs, i);
+        PyObject *host, *port;
+        int path_id, channel;
+        if (!PyArg_ParseTuple(spec, "OOii", &host, &port, &path_id, &channel)) return -1;
+        if (address_from(host, port, &self->route[i].addr) < 0) return -1;
+        self->route[i].path_id = (unsigned)path_id & 0xFF;
+        self->route[i].channel = (uint16_t)channel;
+    }
+    self->nroutes = (int)n;
+    Py_INCREF(entry); Py_XSETREF(self->entry, entry);
+    Py_INCREF(routes); Py_XSETREF(self->routes, routes);
+    Py_INCREF(sealer); Py_XSETREF(self->sealer, (Sealer *)sealer);
+    self->packets = self->bytes = 0;
+    self->touched = 0;
+    return 0;
+}
+
+static void fastflow_dealloc(FastFlow *self) {
+    Py_XDECREF(self->entry);
+    Py_XDECREF(self->routes);
+    Py_XDECREF(self->sealer);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *fastflow_take(FastFlow *self, PyObject *unused) {
+    PyObject *out = Py_BuildValue("(LL)", self->packets, self->bytes);
+    self->packets = self->bytes = 0;
+    self->touched = 0;
+    return out;
+}
+
+static PyMethodDef fastflow_methods[] = {
+    {"take", (PyCFunction)fastflow_take, METH_NOARGS, "(packets, bytes) sent since the last take"},
+    {NULL}};
+
+static PyMemberDef fastflow_members[] = {
+    {"entry", T_OBJECT, offsetof(FastFlow, entry), READONLY, NULL},
+    {"routes", T_OBJECT, offsetof(FastFlow, routes), READONLY, NULL},
+    {NULL}};
+
+static PyTypeObject FastFlowType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "topomirror.dataplane._fastpath.FastFlow",
+    .tp_basicsize = sizeof(FastFlow),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "FastFlow(entry, routes, sealer, specs): a flow FastTx.pump seals and sends without Python.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)fastflow_init,
+    .tp_dealloc = (destructor)fastflow_dealloc,
+    .tp_methods = fastflow_methods,
+    .tp_members = fastflow_members,
+};
+
+#define LANES 4
+#define LANE_SIZE 512
+#define ARENA (1 << 20)
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *flows; /* dict: flow bytes (dataplane.packet.flow_bytes) -> FastFlow */
+    uint8_t *arena, *packet;
+    int used;
+    int nlanes;
+    struct sockaddr_in lane_addr[LANES];
+    int lane_n[LANES];
+    struct iovec lane_iov[LANES][LANE_SIZE];
+    struct sockaddr_in lane_sa[LANES][LANE_SIZE];
+    Sender sender;
+} FastTx;
+
+enum { T_CALLS, T_DATAGRAMS, T_NO_ROUTE, T_ERRORS, T_PACKETS, T_COPIES, T_BYTES, T_COUNT };
+
+static int fasttx_init(FastTx *self, PyObject *args, PyObject *kwds) {
+    if (!PyArg_ParseTuple(args, "")) return -1;
+    Py_XSETREF(self->flows, PyDict_New());
+    if (!self->arena) self->arena = PyMem_Malloc(ARENA);
+    if (!self->packet) self->packet = PyMem_Malloc(RX_BUFFER);
+    if (!self->flows || !self->arena || !self->packet) { PyErr_NoMemory(); return -1; }
+    self->sender.gso = 1;
+    return 0;
+}
+
+static void fasttx_dealloc(FastTx *self) {
+    Py_XDECREF(self->flows);
+    PyMem_Free(self->arena);
+    PyMem_Free(self->packet);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static void tx_flush(FastTx *self, int fd, unsigned long long *counts) {
+    for (int l = 0; l < self->nlanes; l++) {
+        if (!self->lane_n[l]) continue;
+        counts[T_CALLS]++;
+        counts[T_DATAGRAMS] += self->lane_n[l];
+        send_runs(&self->sender, fd, self->lane_iov[l], self->lane_sa[l], self->lane_n[l], &counts[T_NO_ROUTE],
+                  &counts[T_ERRORS]);
+        self->lane_n[l] = 0;
+    }
+    self->nlanes = 0;
+    self->used = 0;
+}
+
+/* pump(tun_fd, sock_fd, max_packets, mtu, now_us) -> (slow, touched, counts)
+ *
+ * Reads up to max_packets from the TUN. A packet of a registered flow is sealed once per route
+ * (one session sequence, a path sequence per path) and sent, in GSO runs per next hop; any other
+ * packet comes back in `slow` (in order) for the daemon. `touched` lists each flow sent on once,
+ * for the daemon's accounting (FastFlow.take). */
+static PyObject *fasttx_pump(FastTx *self, PyObject *args) {
+    int tun_fd, sock_fd, max_packets, mtu;
+    long long now_us;
+    if (!PyArg_ParseTuple(args, "iiiiL", &tun_fd, &sock_fd, &max_packets, &mtu, &now_us)) return NULL;
+    unsigned long long counts[T_COUNT] = {0};
+    PyObject *slow = PyList_New(0), *touched = PyList_New(0);
+    if (!slow || !touched) goto error;
+    uint32_t send_time = (uint32_t)now_us;
+    uint8_t *b = self->packet;
+    self->nlanes = 0;
+    self->used = 0;
+    for (int i = 0; i < max_packets; i++) {
+        ssize_t got = read(tun_fd, b, RX_BUFFER);
+        if (got < 0) break;
+        int n = (int)got;
+        FastFlow *ff = NULL;
+        if (n <= mtu && n >= 20 && (b[0] >> 4) == 4) {
+            int ihl = (b[0] & 0x0F) * 4, proto = b[9];
+            uint8_t key[13];
+            int klen = 9;
+            key[0] = b[9];
+            memcpy(key + 1, b + 12, 8);
+            if ((proto == 6 || proto == 17) && n >= ihl + 4) { memcpy(key + 9, b + ihl, 4); klen = 13; }
+            PyObject *k = PyBytes_FromStringAndSize((const char *)key, klen);
+            if (!k) goto error;
+            ff = (FastFlow *)PyDict_GetItemWithError(self->flows, k);
+            Py_DECREF(k);
+            if (!ff && PyErr_Occurred()) goto error;
+        }
+        if (!ff || !PyObject_TypeCheck((PyObject *)ff, &FastFlowType)) {
+            PyObject *item = PyBytes_FromStringAndSize((const char *)b, n);
+            if (!item || PyList_Append(slow, item) < 0) { Py_XDECREF(item); goto error; }
+            Py_DECREF(item);
+            continue;
+        }
+        int need = ff->nroutes * (n + HEADER_SIZE + TAG_SIZE);
+        if (self->used + need > ARENA) tx_flush(self, sock_fd, counts);
+        Sealer *sealer = ff->sealer;
+        uint64_t seq = ++sealer->seq;
+        for (int r = 0; r < ff->nroutes; r++) {
+            TxRoute *route = &ff->route[r];
+            int lane = 0;
+            while (lane < self->nlanes && !same_address(&self->lane_addr[lane], &route->addr)) lane++;
+            if (lane == LANES || (lane < self->nlanes && self->lane_n[lane] == LANE_SIZE)) {
+                tx_flush(self, sock_fd, counts);
+                lane = 0;
+            }
+            if (lane == self->nlanes) {
+                self->lane_addr[lane] = route->addr;
+                self->lane_n[lane] = 0;
+                self->nlanes++;
+            }
+            uint8_t *out = self->arena + self->used;
+            if (seal_into(sealer, out, KIND_DATA, route->path_id, route->channel, seq,
+                          ++sealer->path_seq[route->path_id], send_time, b, n) < 0) {
+                PyErr_SetString(PyExc_RuntimeError, "OpenSSL: AES-256-GCM seal failed");
+                goto error;
+            }
+            int size = n + HEADER_SIZE + TAG_SIZE;
+            self->used += size;
+            int j = self->lane_n[lane]++;
+            self->lane_iov[lane][j].iov_base = out;
+            self->lane_iov[lane][j].iov_len = (size_t)size;
+            self->lane_sa[lane][j] = route->addr;
+        }
+        counts[T_PACKETS]++;
+        counts[T_COPIES] += ff->nroutes;
+        counts[T_BYTES] += (unsigned long long)n * ff->nroutes;
+        ff->packets++;
+        ff->bytes += n;
+        if (!ff->touched) {
+            ff->touched = 1;
+            if (PyList_Append(touched, (PyObject *)ff) < 0) goto error;
+        }
+    }
+    tx_flush(self, sock_fd, counts);
+    PyObject *ct = PyTuple_New(T_COUNT);
+    if (!ct) goto error;
+    for (int i = 0; i < T_COUNT; i++) PyTuple_SET_ITEM(ct, i, PyLong_FromUnsignedLongLong(counts[i]));
+    PyObject *out = PyTuple_Pack(3, slow, touched, ct);
+    Py_DECREF(slow);
+    Py_DECREF(touched);
+    Py_DECREF(ct);
+    return out;
+error:
+    self->nlanes = 0;
+    self->used = 0;
+    Py_XDECREF(slow);
+    Py_XDECREF(touched);
+    return NULL;
+}
+
+static PyMethodDef fasttx_methods[] = {
+    {"pump", (PyCFunction)fasttx_pump, METH_VARARGS,
+     "pump(tun_fd, sock_fd, max_packets, mtu, now_us) -> (slow packets, touched flows, counts)"},
+    {NULL}};
+
+static PyMemberDef fasttx_members[] = {
+    {"flows", T_OBJECT, offsetof(FastTx, flows), READONLY, "flow bytes -> FastFlow: what pump carries itself"},
+    {NULL}};
+
+static PyTypeObject FastTxType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "topomirror.dataplane._fastpath.FastTx",
+    .tp_basicsize = sizeof(FastTx),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "FastTx(): a node's native send loop for the flows registered in .flows",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)fasttx_init,
+    .tp_dealloc = (destructor)fasttx_dealloc,
+    .tp_methods = fasttx_methods,
+    .tp_members = fasttx_members,
+};
+
 static PyMethodDef module_methods[] = {
     {"set_verdicts", set_verdicts, METH_O, "set_verdicts((NEW, DUPLICATE, REPLAY, TOO_OLD)): what check returns"},
     {NULL}};
@@ -885,7 +1189,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
     if (PyType_Ready(&DedupWindowType) < 0 || PyType_Ready(&PathMeterType) < 0 || PyType_Ready(&SealerType) < 0 ||
-        PyType_Ready(&FastRxType) < 0)
+        PyType_Ready(&FastRxType) < 0 || PyType_Ready(&FastFlowType) < 0 || PyType_Ready(&FastTxType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
@@ -893,10 +1197,14 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     Py_INCREF(&PathMeterType);
     Py_INCREF(&SealerType);
     Py_INCREF(&FastRxType);
+    Py_INCREF(&FastFlowType);
+    Py_INCREF(&FastTxType);
     if (PyModule_AddObject(m, "DedupWindow", (PyObject *)&DedupWindowType) < 0 ||
         PyModule_AddObject(m, "PathMeter", (PyObject *)&PathMeterType) < 0 ||
         PyModule_AddObject(m, "Sealer", (PyObject *)&SealerType) < 0 ||
         PyModule_AddObject(m, "FastRx", (PyObject *)&FastRxType) < 0 ||
+        PyModule_AddObject(m, "FastFlow", (PyObject *)&FastFlowType) < 0 ||
+        PyModule_AddObject(m, "FastTx", (PyObject *)&FastTxType) < 0 ||
         PyModule_AddIntConstant(m, "COUNTS", C_COUNT) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -79,7 +79,7 @@ class PeerLink:
     address: Address
     relay: bool
     tx_aead: AESGCM
-    tx_seq: int = 0
+    tx_seq: int = 0  # without the native sealer (which then keeps both counters): see Engine.last_seq
     path_seq: dict[int, int] = field(default_factory=dict)
     standard: PathRoute | None = None
     mirrors: dict[str, PathRoute] = field(default_factory=dict)
@@ -112,6 +112,7 @@ class Engine:
                          "delivered": 0, "forwarded": 0, "probes_rx": 0, "feedback_rx": 0,
                          "control_rx": 0, "tx_resent": 0}
         self.rx = fast.FastRx(self.vcs) if fast is not None else None
+        self.tx = fast.FastTx() if fast is not None else None  # .flows: what the send loop carries in C
 
     # -- peers -------------------------------------------------------------------------
     def add_peer(self, peer_id: int, name: str, key: bytes, address: Address, relay: bool) -> PeerLink:
@@ -125,14 +126,26 @@ class Engine:
         return link
 
     # -- sending -------------------------------------------------------------------------
+    def last_seq(self, peer: PeerLink) -> int:
+        """The session sequence of the last packet sent to `peer` (the native sealer keeps the
+        counters when it is built: its send loop and this engine share them)."""
+        return peer.sealer.seq if peer.sealer is not None else peer.tx_seq  # type: ignore[attr-defined]
+
+    def _next_seq(self, peer: PeerLink) -> int:
+        if peer.sealer is not None:
+            return peer.sealer.next_seq()  # type: ignore[attr-defined,no-any-return]
+        peer.tx_seq += 1
+        return peer.tx_seq
+
     def _seal(self, peer: PeerLink, kind: int, route: PathRoute, seq: int, payload: bytes,
               now_us: int) -> bytes:
         path_id = route.path_id
+        sealer = peer.sealer
+        if sealer is not None:
+            return sealer.seal(kind, path_id, route.channel, seq, sealer.next_path_seq(path_id),  # type: ignore[attr-defined,no-any-return]
+                               now_us & _U32_MASK, payload)
         path_seq = (peer.path_seq.get(path_id, 0) + 1) & _U32_MASK
         peer.path_seq[path_id] = path_seq
-        if peer.sealer is not None:
-            return peer.sealer.seal(kind, path_id, route.channel, seq, path_seq, now_us & _U32_MASK,  # type: ignore[attr-defined]
-                                    payload)
         head = HEADER.pack((VERSION << 4) | kind, path_id, route.channel, self.node_id,
                            self.epoch, seq, path_seq, now_us & _U32_MASK)
         return head + peer.tx_aead.encrypt(NONCE.pack(self.node_id, self.epoch, (path_id << 56) | (seq & SEQ_MASK)),
@@ -144,33 +157,36 @@ class Engine:
 
         The per-packet path: `_seal` inlined, locals instead of attribute lookups.
         """
-        peer.tx_seq = seq = peer.tx_seq + 1
-        node, epoch = self.node_id, self.epoch
         send_time = now_us & _U32_MASK
-        low_seq = seq & SEQ_MASK
-        path_seqs = peer.path_seq
-        encrypt = peer.tx_aead.encrypt
-        pack = HEADER.pack
         size = len(packet)
         out = []
         sealer = peer.sealer
-        for route in routes:
-            path_id = route.path_id
-            path_seq = (path_seqs.get(path_id, 0) + 1) & _U32_MASK
-            path_seqs[path_id] = path_seq
-            if sealer is not None:
-                out.append((sealer.seal(_DATA, path_id, route.channel, seq, path_seq, send_time, packet),  # type: ignore[attr-defined]
+        if sealer is not None:
+            seq = sealer.next_seq()  # type: ignore[attr-defined]
+            seal, next_path_seq = sealer.seal, sealer.next_path_seq  # type: ignore[attr-defined]
+            for route in routes:
+                out.append((seal(_DATA, route.path_id, route.channel, seq, next_path_seq(route.path_id), send_time,
+                                 packet), route.address))
+                route.last_sent = now
+                route.packets += 1
+                route.bytes += size
+        else:
+            peer.tx_seq = seq = peer.tx_seq + 1
+            node, epoch = self.node_id, self.epoch
+            low_seq = seq & SEQ_MASK
+            path_seqs = peer.path_seq
+            encrypt = peer.tx_aead.encrypt
+            pack = HEADER.pack
+            for route in routes:
+                path_id = route.path_id
+                path_seq = (path_seqs.get(path_id, 0) + 1) & _U32_MASK
+                path_seqs[path_id] = path_seq
+                head = pack(_DATA_FIRST, path_id, route.channel, node, epoch, seq, path_seq, send_time)
+                out.append((head + encrypt(NONCE.pack(node, epoch, (path_id << 56) | low_seq), packet, head),
                             route.address))
                 route.last_sent = now
                 route.packets += 1
                 route.bytes += size
-                continue
-            head = pack(_DATA_FIRST, path_id, route.channel, node, epoch, seq, path_seq, send_time)
-            out.append((head + encrypt(NONCE.pack(node, epoch, (path_id << 56) | low_seq), packet, head),
-                        route.address))
-            route.last_sent = now
-            route.packets += 1
-            route.bytes += size
         counters = self.counters
         counters["tx_packets"] += 1
         counters["tx_copies"] += len(routes)
@@ -190,12 +206,12 @@ class Engine:
     def message(self, peer: PeerLink, kind: MessageType, payload_obj: Feedback | Control | Probe,
                 routes: list[PathRoute], now: float, now_us: int) -> list[tuple[bytes, Address]]:
         """A control-plane message, one copy per route (the receiver keeps the first)."""
-        peer.tx_seq += 1
+        seq = self._next_seq(peer)
         payload = encode(payload_obj)
         out = []
         for route in routes:
             route.last_sent = now
-            out.append((self._seal(peer, kind, route, peer.tx_seq, payload, now_us), route.address))
+            out.append((self._seal(peer, kind, route, seq, payload, now_us), route.address))
         return out
 
     def routes_to(self, peer: PeerLink) -> list[PathRoute]:
@@ -340,6 +356,19 @@ class Engine:
         if forward_errors:
             io_errors["forward"] = io_errors.get("forward", 0) + forward_errors
         return slow
+
+    def pumped(self, counts: tuple[int, ...], io_stats: dict[str, int], io_errors: dict[str, int]) -> None:
+        """Add what one `tx.pump` sent to the counters."""
+        calls, datagrams, no_route, errors, packets, copies, size = counts
+        counters = self.counters
+        counters["tx_packets"] += packets
+        counters["tx_copies"] += copies
+        counters["tx_bytes"] += size
+        self.drops["no_route"] += no_route
+        io_stats["send_calls"] += calls
+        io_stats["datagrams_sent"] += datagrams
+        if errors:
+            io_errors["send"] = io_errors.get("send", 0) + errors
 
     def feedback_messages(self, interval_ms: int, now: float, now_us: int) -> list[tuple[bytes, Address]]:
         out = []

@@ -24,6 +24,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from topomirror.dataplane import native
 from topomirror.dataplane.batch import UdpIO
 from topomirror.dataplane.engine import (
     CONTROL,
@@ -242,56 +243,104 @@ class Node:
         assert self.tun_fd is not None and self.udp is not None
         now, now_us = self._now()
         engine = self.engine
-        read, tun_fd, flows, tun_mtu = os.read, self.tun_fd, self.flows, self.tun_mtu
         out: list[tuple[bytes, tuple[str, int]]] = []
-        for _ in range(BATCH):
-            try:
-                packet = read(tun_fd, 65535)
-            except BlockingIOError:
-                break
-            if len(packet) > tun_mtu:
-                engine.drops["oversize"] += 1
-                continue
-            raw = flow_bytes(packet)
-            if raw is None:
-                engine.drops["not_ipv4"] += 1
-                continue
-            flow = flows.get(raw)
-            if flow is None:
-                flow = self._new_flow(raw, packet, now)
-            flow.packets += 1
-            flow.bytes += len(packet)
-            flow.last_seen = now
-            peer = flow.peer
-            if peer is None:
-                engine.drops["no_route"] += 1
-                continue
-            if flow.packets <= 4 and self.controller is not None:
-                # First packets go to analysis off the packet path: bounded, drop-and-count; it
-                # runs as soon as this batch is sent (an announcement is worth milliseconds).
-                if len(self.analysis_queue) < 1024:
-                    if not self.analysis_queue and self.loop is not None:
-                        self.loop.call_soon(self._analysis_tick)
-                    self.analysis_queue.append((flow.flow_id, packet))
-                else:
-                    self.analysis_dropped += 1
-            assert peer.standard is not None
-            routes = [peer.standard]
-            self.bytes_original += len(packet)
-            mirror = flow.mirror
-            if mirror is not None and mirror.active:
-                if flow.bucket is None or admit_copy(flow.bucket, self.budget, len(packet), now):
-                    routes.append(mirror)
-                    self.bytes_extra += len(packet)
-                else:
-                    flow.copies_denied += 1
-            if self.controller is not None:
-                self.budget.record_original(len(packet))
-            out.extend(engine.encapsulate(peer, routes, packet, now, now_us))
-            if flow.recent is not None:
-                flow.recent.append((now, peer.tx_seq, packet))
+        if engine.tx is not None:
+            # The native loop seals and sends the packets of the flows handed down to it; the
+            # rest (new flows, first packets, flows a policy watches or budgets) come up here.
+            slow, touched, counts = engine.tx.pump(self.tun_fd, self.udp.sock.fileno(), BATCH, self.tun_mtu, now_us)
+            engine.pumped(counts, self.udp.stats, self.udp.errors)
+            if touched:
+                self._account(touched, now)
+            for packet in slow:
+                self._tun_packet(packet, now, now_us, out)
+        else:
+            read, tun_fd = os.read, self.tun_fd
+            for _ in range(BATCH):
+                try:
+                    packet = read(tun_fd, 65535)
+                except BlockingIOError:
+                    break
+                self._tun_packet(packet, now, now_us, out)
         if out:
             self._send_all(out)
+
+    def _tun_packet(self, packet: bytes, now: float, now_us: int, out: list[tuple[bytes, tuple[str, int]]]) -> None:
+        engine = self.engine
+        if len(packet) > self.tun_mtu:
+            engine.drops["oversize"] += 1
+            return
+        raw = flow_bytes(packet)
+        if raw is None:
+            engine.drops["not_ipv4"] += 1
+            return
+        flow = self.flows.get(raw)
+        if flow is None:
+            flow = self._new_flow(raw, packet, now)
+        flow.packets += 1
+        flow.bytes += len(packet)
+        flow.last_seen = now
+        peer = flow.peer
+        if peer is None:
+            engine.drops["no_route"] += 1
+            return
+        controller = self.controller
+        if flow.packets <= 4 and controller is not None:
+            # First packets go to analysis off the packet path: bounded, drop-and-count; it
+            # runs as soon as this batch is sent (an announcement is worth milliseconds).
+            if len(self.analysis_queue) < 1024:
+                if not self.analysis_queue and self.loop is not None:
+                    self.loop.call_soon(self._analysis_tick)
+                self.analysis_queue.append((flow.flow_id, packet))
+            else:
+                self.analysis_dropped += 1
+        assert peer.standard is not None
+        routes = [peer.standard]
+        self.bytes_original += len(packet)
+        mirror = flow.mirror
+        if mirror is not None and mirror.active:
+            if flow.bucket is None or admit_copy(flow.bucket, self.budget, len(packet), now):
+                routes.append(mirror)
+                self.bytes_extra += len(packet)
+            else:
+                flow.copies_denied += 1
+        if controller is not None:
+            self.budget.record_original(len(packet))
+        out.extend(engine.encapsulate(peer, routes, packet, now, now_us))
+        if flow.recent is not None:
+            flow.recent.append((now, engine.last_seq(peer), packet))
+        elif (engine.tx is not None and flow.bucket is None and peer.sealer is not None
+              and (controller is None or flow.packets > 4)):
+            # Nothing per packet left for Python to decide: the native loop carries it from now
+            # on, until a policy change hands every flow back (`_flows_to_python`).
+            engine.tx.flows[raw] = native.fast.FastFlow(  # type: ignore[union-attr]
+                flow, tuple(routes), peer.sealer,
+                tuple((r.address[0], r.address[1], r.path_id, r.channel) for r in routes))
+
+    def _account(self, touched: list, now: float) -> None:  # type: ignore[type-arg]
+        """What the native loop sent for each flow since the last wake-up, into the flow table,
+        the routes and the duplication budget (as `_tun_packet` counts it packet by packet)."""
+        controller = self.controller
+        for fast_flow in touched:
+            packets, size = fast_flow.take()
+            entry = fast_flow.entry
+            entry.packets += packets
+            entry.bytes += size
+            entry.last_seen = now
+            routes = fast_flow.routes
+            for route in routes:
+                route.last_sent = now
+                route.packets += packets
+                route.bytes += size
+            self.bytes_original += size
+            self.bytes_extra += size * (len(routes) - 1)
+            if controller is not None:
+                self.budget.record_original(size)
+
+    def _flows_to_python(self) -> None:
+        """Hand every flow back to the Python packet path: its mirror, budget or watch changed.
+        Each re-registers after its next packet if nothing per packet is left to decide."""
+        if self.engine.tx is not None:
+            self.engine.tx.flows.clear()
 
     def _send_all(self, items: list[tuple[bytes, tuple[str, int]]]) -> None:
         """Send a burst (one GSO call per run of equal-sized datagrams to one address)."""
@@ -419,6 +468,7 @@ class Node:
             active = all(i.acked_until > now for i in target.installs)
             if active != target.route.active:
                 log.info("mirror target %s %s", target.name, "active" if active else "inactive")
+                self._flows_to_python()
             target.route.active = active
             target.state = "active" if active else "installing"
 
@@ -509,6 +559,7 @@ class Node:
                 recent = entry.recent
                 if recent is None:
                     entry.recent = deque(maxlen=RECENT_PACKETS)
+                    self._flows_to_python()  # a watched flow keeps its recent packets: per packet
                 else:
                     # Only what the destination could still take (its de-dup skew): memory stays
                     # the protected flows' last 250 ms, however many of them there are.
@@ -556,6 +607,7 @@ class Node:
                 for entry in self.flows_by_id.values():
                     if entry.session_id == action.session_id or entry.flow_id == flow_id:
                         entry.mirror, entry.bucket, entry.session_id = None, None, None
+                        self._flows_to_python()
         for decision in controller.take_decisions():
             # One new_flow decision per flow: stored for `explain`, logged only at debug level.
             level = logging.DEBUG if decision.kind == "new_flow" else logging.INFO
@@ -611,6 +663,7 @@ class Node:
             return
         relays = tuple(plan.overlay_nodes)
         entry.mirror = PathRoute(Controller.path_id_for(relays), action.channel_id, first.address, relays, True)
+        self._flows_to_python()
         entry.session_id = action.session_id
         if self.config.adaptive.policy == "always":
             entry.bucket = None  # engarde-style: every packet, no budget
@@ -662,6 +715,8 @@ class Node:
             if entry is not None and now - entry.last_seen > (short_idle if entry.packets <= 2 else idle):
                 del flows[raw]
                 by_id.pop(entry.flow_id, None)
+                if self.engine.tx is not None:
+                    self.engine.tx.flows.pop(raw, None)
                 gone.append(entry.flow_id)
         if gone and self.controller is not None:
             self.controller.forget(gone, now)

@@ -146,9 +146,9 @@ def test_a_resent_packet_keeps_its_sequence_delivered_if_lost_dropped_if_it_arri
     standard = peer.standard
     assert standard is not None
     [(arrived, _)] = a.encapsulate(peer, [standard], b"arrived", now=1.0, now_us=1_000_000)
-    seq_arrived = peer.tx_seq
+    seq_arrived = a.last_seq(peer)
     a.encapsulate(peer, [standard], b"lost", now=1.01, now_us=1_010_000)  # the link is down: never arrives
-    seq_lost = peer.tx_seq
+    seq_lost = a.last_seq(peer)
     [(later, _)] = a.encapsulate(peer, [standard], b"later", now=1.02, now_us=1_020_000)
     assert b.receive(arrived, 1.0, 1_000_100)[:2] == (DELIVER, b"arrived")
     assert b.receive(later, 1.02, 1_020_100)[:2] == (DELIVER, b"later")

@@ -229,3 +229,64 @@ def test_sealed_by_c_opens_in_python(size: int) -> None:
     assert a.peers[2].sealer is not None
     [(datagram, _)] = a.encapsulate(a.peers[2], [a.peers[2].standard], b"x" * size, 1.0, 5)  # type: ignore[list-item]
     assert b.receive(datagram, 1.0, 10)[:2] == (DELIVER, b"x" * size)
+
+
+def _udp_packet(sport: int, payload: bytes) -> bytes:
+    """An IPv4/UDP packet 172.16.1.1:sport -> 172.16.2.1:9400 (checksums do not matter here)."""
+    import struct
+
+    udp = struct.pack("!HHHH", sport, 9400, 8 + len(payload), 0) + payload
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, bytes([172, 16, 1, 1]),
+                       bytes([172, 16, 2, 1])) + udp
+
+
+def test_the_native_send_loop_carries_registered_flows_and_hands_back_the_rest() -> None:
+    from topomirror.dataplane.packet import flow_bytes
+
+    assert fast is not None
+    b_sock, r_sock, a_sock = _socket(), _socket(), _socket()
+    tun_app, tun_node = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)  # one read, one packet, as a TUN
+    tun_node.setblocking(False)
+    try:
+        a, b = _engines(b_sock.getsockname(), r_sock.getsockname())
+        assert a.tx is not None
+        peer = a.peers[2]
+        routes = a.routes_to(peer)  # standard, and the mirror via r
+        fast_packets = [_udp_packet(5000, f"fast-{i}".encode()) for i in range(3)]
+        other = _udp_packet(5001, b"slow")
+        flow = object()  # what the daemon keeps per flow; the loop only hands it back
+        a.tx.flows[flow_bytes(fast_packets[0])] = fast.FastFlow(
+            flow, tuple(routes), peer.sealer, tuple((r.address[0], r.address[1], r.path_id, r.channel) for r in routes))
+        # Python sends one packet first: the loop continues its sequence numbers.
+        [(first, _), (_mirror_first, _)] = a.encapsulate(peer, routes, _udp_packet(5000, b"first"), 1.0, 1_000_000)
+        for packet in (fast_packets[0], other, *fast_packets[1:]):
+            tun_app.send(packet)
+        slow, touched, counts = a.tx.pump(tun_node.fileno(), a_sock.fileno(), 64, 1400, 1_000_100)
+        assert slow == [other]
+        assert touched == [a.tx.flows[flow_bytes(fast_packets[0])]] and touched[0].entry is flow
+        assert touched[0].take() == (3, sum(len(p) for p in fast_packets)) and touched[0].take() == (0, 0)
+        assert counts[4:] == (3, 6, 2 * sum(len(p) for p in fast_packets))  # packets, copies, bytes
+        assert a.last_seq(peer) == 4
+        time.sleep(0.05)
+        standard = []
+        while True:
+            try:
+                standard.append(b_sock.recv(65536))
+            except BlockingIOError:
+                break
+        assert len(standard) == 3  # GSO runs arrive as the datagrams they were cut from
+        results = [b.receive(d, 1.0, 1_000_200 + i)[:2] for i, d in enumerate([first, *standard])]
+        assert results == [(DELIVER, p) for p in [_udp_packet(5000, b"first"), *fast_packets]]
+        [report] = b.peers[1].meters.build(100).paths  # type: ignore[union-attr]
+        assert (report.packets, report.lost, report.reordered) == (4, 0, 0)
+        mirrored = 0
+        while True:
+            try:
+                r_sock.recv(65536)
+                mirrored += 1
+            except BlockingIOError:
+                break
+        assert mirrored == 3  # every packet the loop sent also went the mirror way
+    finally:
+        for s in (a_sock, b_sock, r_sock, tun_app, tun_node):
+            s.close()
