@@ -9,11 +9,15 @@ On the two-path lab with node daemons on h1, h2 and relay r1:
   iperf3's default socket buffers, where the receiving application's 212 kB buffer overflows
   first when the tunnel delivers a burst;
 - added_latency_p50_us / p99_us: one-way delay of numbered probes at 10k packets/s through the
-  mirrored overlay minus the same over the direct underlay (every node shares one clock).
+  mirrored overlay minus the same over the direct underlay (every node shares one clock);
+- python_*: with `reference`, the lab deployed again with `TOPOMIRROR_DATAPLANE=python` (the
+  pure-Python reference data plane) for the duplicated TCP goodput and the lossless UDP rate, so
+  the native loop's gain is a ratio from one run.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +31,7 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "labs"
 H2_OVERLAY = "172.16.2.1"
 
 
-def run(*, seconds: float = 5.0, quick: bool = False,
+def run(*, seconds: float = 5.0, quick: bool = False, reference: bool = True,
         progress: Callable[[str], None] = lambda _: None) -> dict[str, object]:
     spec = load_lab(EXAMPLES / "two-path-mirror.yaml")
     spec = spec.model_copy(update={"name": "bn-dataplane"})
@@ -81,6 +85,8 @@ def run(*, seconds: float = 5.0, quick: bool = False,
     finally:
         progress("destroying the lab")
         destroy(spec)
+    if reference:
+        results.update(_python_reference(spec, plan, seconds=seconds, quick=quick, progress=progress))
     for key in ("direct_tcp_gbps", "tunnel_tcp_gbps", "dup_tcp_gbps"):
         results[key] = round(float(results[key]), 3)  # type: ignore[arg-type]
     direct_gbps = float(results["direct_tcp_gbps"])  # type: ignore[arg-type]
@@ -88,21 +94,55 @@ def run(*, seconds: float = 5.0, quick: bool = False,
         "tunnel_vs_direct": round(float(results["tunnel_tcp_gbps"]) / direct_gbps, 4),  # type: ignore[arg-type]
         "dup_vs_direct": round(float(results["dup_tcp_gbps"]) / direct_gbps, 4),  # type: ignore[arg-type]
     }
+    if reference and results.get("python_dup_udp_pps_lossless"):
+        results["ratios"]["native_vs_python_pps"] = round(  # type: ignore[index]
+            int(results["dup_udp_pps_lossless"]) / int(results["python_dup_udp_pps_lossless"]), 2)  # type: ignore[call-overload]
+        results["ratios"]["native_vs_python_dup_tcp"] = round(  # type: ignore[index]
+            float(results["dup_tcp_gbps"]) / float(results["python_dup_tcp_gbps"]), 2)  # type: ignore[arg-type]
     return results
 
 
+def _python_reference(spec, plan, *, seconds: float, quick: bool,  # type: ignore[no-untyped-def]
+                      progress: Callable[[str], None]) -> dict[str, object]:
+    """The same lab with the pure-Python data plane in every node (they inherit the variable)."""
+    progress("deploying the lab again with the pure-Python data plane")
+    previous = os.environ.get("TOPOMIRROR_DATAPLANE")
+    os.environ["TOPOMIRROR_DATAPLANE"] = "python"
+    try:
+        deploy(spec, "bench", force=True)
+    finally:
+        if previous is None:
+            del os.environ["TOPOMIRROR_DATAPLANE"]
+        else:
+            os.environ["TOPOMIRROR_DATAPLANE"] = previous
+    out: dict[str, object] = {}
+    try:
+        time.sleep(0.5)
+        progress("python data plane: tunnel TCP, duplicated")
+        out["python_dup_tcp_gbps"] = round(iperf3_tcp(plan, "h1", "h2", seconds=seconds, dst_address=H2_OVERLAY,
+                                                      port=5201).bits_per_second / 1e9, 3)
+        out["python_dup_udp_pps_lossless"], out["python_udp_trials"] = _lossless_pps(
+            plan, seconds=min(seconds, 3.0), steps=3 if quick else 5, progress=progress, start=20_000,
+            high=60_000, label="python data plane")
+    finally:
+        progress("destroying the lab")
+        destroy(spec)
+    return out
+
+
 def _lossless_pps(plan, *, seconds: float, steps: int,  # type: ignore[no-untyped-def]
-                  progress: Callable[[str], None], buffer: str | None = "4M") -> tuple[int, list[dict[str, float]]]:
+                  progress: Callable[[str], None], buffer: str | None = "4M", start: int = 40_000,
+                  high: int = 160_000, label: str = "lossless UDP rate") -> tuple[int, list[dict[str, float]]]:
     """Bisect the highest 1200-byte UDP rate with <= 0.1 % loss through the duplicating tunnel.
 
     `buffer` is iperf3's `-w` (socket buffer of sender and receiver application); None keeps
     iperf3's default.
     """
-    low, high = 0, 160_000
+    low = 0
     trials = []
-    rate = 40_000
+    rate = start
     for step in range(steps):
-        progress(f"lossless UDP rate ({'socket buffers ' + buffer if buffer else 'default buffers'}): "
+        progress(f"{label} ({'socket buffers ' + buffer if buffer else 'default buffers'}): "
                  f"trial {step + 1}/{steps} at {rate} packets/s")
         window = ["-w", buffer] if buffer else []
         result = iperf3_tcp(plan, "h1", "h2", seconds=seconds, dst_address=H2_OVERLAY, port=9400,

@@ -738,6 +738,9 @@ def bench_lab(
 def bench_dataplane(
     seconds: Annotated[float, typer.Option(help="seconds per iperf3 run")] = 5.0,
     quick: Annotated[bool, typer.Option("--quick", help="short runs, fewer bisection steps")] = False,
+    reference: Annotated[bool, typer.Option(
+        "--reference/--no-reference",
+        help="also measure the pure-Python reference data plane (TOPOMIRROR_DATAPLANE=python) in the same run")] = True,
     out_dir: Annotated[Path | None, typer.Option("--out", help="folder for the JSON result")] = None,
     json_out: JsonFlag = False,
 ) -> None:
@@ -746,7 +749,7 @@ def bench_dataplane(
 
     _need_root("bench dataplane")
     with console.status("benchmarking the data plane") as status:
-        results = dataplane.run(seconds=seconds, quick=quick, progress=status.update)
+        results = dataplane.run(seconds=seconds, quick=quick, reference=reference, progress=status.update)
     _report_bench("dataplane", results, out_dir, json_out, (
         "direct_tcp_gbps", "tunnel_tcp_gbps", "dup_tcp_gbps", "dup_udp_pps_lossless",
         "added_latency_p50_us", "added_latency_p99_us"))
