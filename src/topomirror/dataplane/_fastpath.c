@@ -851,7 +851,10 @@ static PyObject *fastrx_drain(FastRx *self, PyObject *args) {
                     continue;
                 }
                 RxPeer *p = self->peers[sender];
-                if ((d[0] & 0x0F) != KIND_DATA || !p || p->epoch != be16(d + 6)) {
+                /* Once something went up to Python (a CONTROL that may install this very virtual
+                 * connection), a datagram on a channel we cannot forward follows it up, in order. */
+                int after_slow = channel && PyList_GET_SIZE(slow) > 0;
+                if (after_slow || (d[0] & 0x0F) != KIND_DATA || !p || p->epoch != be16(d + 6)) {
                     PyObject *item = Py_BuildValue("(y#L)", (const char *)d, (Py_ssize_t)len, arrival_us);
                     if (!item || PyList_Append(slow, item) < 0) { Py_XDECREF(item); Py_DECREF(slow); return NULL; }
                     Py_DECREF(item);

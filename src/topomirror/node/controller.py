@@ -361,8 +361,13 @@ class Controller:
         return 100 + zlib.crc32(">".join(relays).encode()) % 150 if relays else 0
 
     def ack(self, relay: str, channel: int, now: float) -> None:
+        """A relay acknowledged an install or a removal of `channel` (the ack does not say which:
+        a session withdrawing waits for removals, one installing for installs)."""
         for session_id, session in list(self.sessions.items()):
-            self._apply(session_id, session.ack_install(relay, channel, now), now)
+            if session.state is SessionState.WITHDRAWING:
+                self._apply(session_id, session.ack_remove(relay, channel, now), now)
+            else:
+                self._apply(session_id, session.ack_install(relay, channel, now), now)
 
     def nack(self, relay: str, channel: int, detail: str, now: float) -> None:
         for session_id, session in list(self.sessions.items()):
@@ -581,8 +586,10 @@ class Controller:
             return
         session_id = next(self._session_ids)
         self.sessions_opened += 1
+        silent = self.paths.get(info.peer)
         request = MirrorRequest(str(info.key), self.me, info.peer, info.traffic_class, reason,
-                                SessionBudget(self.settings.session_rate_bps, self.settings.session_burst_bytes))
+                                SessionBudget(self.settings.session_rate_bps, self.settings.session_burst_bytes),
+                                urgent=silent is not None and silent.silent_since is not None)
         opened = MirrorSession.open(session_id, request, now, self.channels, self.session_policy)
         self.sessions[session_id] = opened
         self.session_flow[session_id] = info.flow_id

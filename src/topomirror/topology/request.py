@@ -24,6 +24,9 @@ class MirrorRequest:
     reason: str
     budget: SessionBudget
     max_relay_hops: int = 2
+    # The standard path is down (silent): duplicate while the relays install, not after their
+    # acknowledgements (a copy that reaches a relay before its install is lost; waiting loses all).
+    urgent: bool = False
 
     def __post_init__(self) -> None:
         if not self.flow_key:

@@ -340,6 +340,7 @@ class MirrorSession:
     draining_channel: int = 0
     removing: tuple[VirtualConnection, ...] = ()  # while withdrawing: removals awaiting an ack
     duplicating: bool = False
+    duplicating_channel: int = 0  # the channel the last StartDuplication named
     last_refresh_at: float = 0.0
     adaptation: Adaptation | None = None
     cooldown_until: float | None = None  # set by an adaptive teardown: do not re-mirror the flow before
@@ -363,12 +364,18 @@ class MirrorSession:
         return Transition(self._to(SessionState.PLANNED, now, result.reason, plan=result))
 
     def install(self, now: float) -> Transition:
-        """planned -> installing: one InstallVC per relay, all with the new generation's channel."""
+        """planned -> installing: one InstallVC per relay, all with the new generation's channel.
+        An urgent request (the standard path is down) also starts duplicating at once, behind its
+        installs; the acknowledgements then only make it active."""
         self._require("install", SessionState.PLANNED)
         assert self.plan is not None
         session, actions = self._start_generation(self.plan, now)
-        return Transition(session._to(SessionState.INSTALLING, now, f"installing on {', '.join(self.plan.relays)}"),
-                          tuple(actions))
+        reason = f"installing on {', '.join(self.plan.relays)}"
+        if self.request.urgent:
+            actions.append(session._start_duplication())
+            session = replace(session, duplicating=True, duplicating_channel=session.channel_id)
+            reason += ", duplicating already (the standard path is down)"
+        return Transition(session._to(SessionState.INSTALLING, now, reason), tuple(actions))
 
     def replan(self, result: MirrorPlan | NoPlan, now: float) -> Transition:
         """Apply a new plan after a graph/forecast change, a dead relay or a re-route verdict.
@@ -520,11 +527,17 @@ class MirrorSession:
                           pending=tuple(PendingInstall(vc, 1, now) for vc in vcs), installed=())
         return session, [session._install_action(vc, 1) for vc in vcs]
 
-    def _activate(self, now: float) -> Transition:
+    def _start_duplication(self) -> StartDuplication:
         assert self.plan is not None
         budget = self.request.budget
-        actions: list[Action] = [StartDuplication(self.session_id, self.request.flow_key, self.plan.first_hop,
-                                                  self.channel_id, budget.rate_bytes_per_s, budget.burst_bytes)]
+        return StartDuplication(self.session_id, self.request.flow_key, self.plan.first_hop, self.channel_id,
+                                budget.rate_bytes_per_s, budget.burst_bytes)
+
+    def _activate(self, now: float) -> Transition:
+        assert self.plan is not None
+        actions: list[Action] = []
+        if not (self.duplicating and self.duplicating_channel == self.channel_id):
+            actions.append(self._start_duplication())  # (an urgent session started on this channel already)
         actions += self._removals(self.draining)
         if self.draining:
             self.channels.release(self.draining_channel)
@@ -532,7 +545,7 @@ class MirrorSession:
         adaptation = self.adaptation if rerouted and self.adaptation else Adaptation(last_change_at=now)
         reason = f"duplicating via {' > '.join(self.plan.relays)}"
         session = self._to(SessionState.ACTIVE, now, reason, draining=(), draining_channel=0, duplicating=True,
-                           adaptation=adaptation, last_refresh_at=now)
+                           duplicating_channel=self.channel_id, adaptation=adaptation, last_refresh_at=now)
         return Transition(session, tuple(actions))
 
     def _removals(self, vcs: tuple[VirtualConnection, ...]) -> list[Action]:

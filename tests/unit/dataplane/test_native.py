@@ -290,3 +290,39 @@ def test_the_native_send_loop_carries_registered_flows_and_hands_back_the_rest()
     finally:
         for s in (a_sock, b_sock, r_sock, tun_app, tun_node):
             s.close()
+
+
+def test_a_datagram_behind_a_control_message_waits_for_it_in_order() -> None:
+    # A relay that receives a vc_install and, in the same burst, data on that channel: the data must
+    # not be judged before Python installed the virtual connection.
+    from topomirror.dataplane.engine import CONSUMED, CONTROL, FORWARD
+    from topomirror.wire.messages import Control, Probe
+
+    assert fast is not None
+    b_sock, r_sock, a_sock = _socket(), _socket(), _socket()
+    try:
+        a, _b = _engines(b_sock.getsockname(), r_sock.getsockname())
+        relay = Engine(3, 9)
+        relay.add_peer(1, "a", KEY_AR, a_sock.getsockname(), relay=False)
+        to_relay = a.peers[3]
+        [(hello, _)] = a.message(to_relay, MessageType.PROBE, Probe(1), [to_relay.standard], 1.0,  # type: ignore[list-item]
+                                 1_000_000)
+        # The relay learns a's epoch from a first message (through Python, as always).
+        assert relay.receive(hello, 1.0, 1_000_000)[0] == CONSUMED
+        install = a.message(to_relay, MessageType.CONTROL, Control("vc_install", 1, 5, next_hop="127.0.0.1:9",
+                                                                     lease_ms=1000), [to_relay.standard], 1.0,
+                            1_000_001)[0][0]  # type: ignore[list-item]
+        peer = a.peers[2]
+        data = a.encapsulate(peer, a.routes_to(peer), b"behind", 1.0, 1_000_002)[1][0]
+        a_sock.sendto(install, r_sock.getsockname())
+        a_sock.sendto(data, r_sock.getsockname())
+        time.sleep(0.05)
+        slow = _drain_all(relay, r_sock, -1, 2)
+        assert [d for d, _ in slow] == [install, data]
+        kind, message, _ = relay.receive(install, 1.0, 1_000_010)
+        assert kind == CONTROL and isinstance(message, Control) and message.op == "vc_install"
+        relay.install_vc(1, message.channel, b_sock.getsockname(), expiry=100.0)  # what the daemon does
+        assert relay.receive(data, 1.0, 1_000_011)[:2] == (FORWARD, data)
+    finally:
+        for s in (a_sock, b_sock, r_sock):
+            s.close()

@@ -10,7 +10,7 @@ from topomirror.dataplane.packet import FlowKey
 from topomirror.lab.spec import load_lab
 from topomirror.node.controller import Controller, ControllerSettings, Policy
 from topomirror.topology.graph import NetworkGraph
-from topomirror.topology.session import InstallVC, StartDuplication, StopDuplication
+from topomirror.topology.session import InstallVC, RemoveVC, SessionState, StartDuplication, StopDuplication
 from topomirror.wire.messages import PathReport
 
 DIAMOND = Path(__file__).parents[3] / "examples" / "labs" / "diamond-mirror.yaml"
@@ -119,6 +119,21 @@ def test_idle_flow_withdraws_its_session() -> None:
     assert ctl.flows[1].traffic_class == "latency_sensitive" and 1 in ctl.watched
     ctl.forget([1], now + 6.0)
     assert 1 not in ctl.flows and 1 not in ctl.watched
+
+
+def test_a_relay_acknowledging_the_removal_ends_the_withdrawal_at_once() -> None:
+    # (It used to wait out the remove timeout: the ack went to the install handler only, and a
+    # flow could not be mirrored again for those 250 ms.)
+    ctl = controller(Policy.ALWAYS)
+    ctl.new_flow(1, RPC, "h1", 0.0)
+    _, now = _run_until_active(ctl, 0.0)
+    session_id = ctl.flows[1].session_id
+    removals = [a for a in ctl.tick(now + 5.0) if isinstance(a, RemoveVC)]
+    assert removals and ctl.sessions[session_id].state is SessionState.WITHDRAWING  # type: ignore[index]
+    for removal in removals:
+        ctl.ack(removal.relay, removal.channel_id, now + 5.003)
+    ended = ctl.sessions.get(session_id)  # type: ignore[arg-type]
+    assert ended is None or ended.state is SessionState.WITHDRAWN  # a terminal session is dropped
 
 
 def test_a_paused_flow_that_resumes_is_protected_again() -> None:
@@ -261,12 +276,14 @@ def test_a_peer_that_talked_every_20_ms_and_stops_makes_the_path_silent_within_1
         ctl.sending("h1", t)
     assert abs(ctl.paths["h1"].heard_gap - 0.0025) < 0.0005
     t = 0.98  # the link goes down: we keep sending, nothing comes back
-    while not [a for a in ctl.tick(t) if isinstance(a, InstallVC)]:
+    while not (actions := ctl.tick(t)) or not [a for a in actions if isinstance(a, InstallVC)]:
         t = round(t + 0.02, 2)
         ctl.sending("h1", t)
         ctl.flow_seen(1, t)
         assert t <= 1.06, "not silent 80 ms after the peer fell quiet"
     assert t - 0.98 >= 0.06, "a gap shorter than quick_silence_s is not yet silence"
+    # The path is down: duplication starts in the same tick, behind the installs, not after the acks.
+    assert isinstance(actions[-1], StartDuplication) and ctl.sessions[1].request.urgent
     [decision] = [d for d in ctl.take_decisions() if d.kind == "path_silent"]
     assert "nothing from h1 on its standard path" in decision.reason
     # What went out since a little before we last heard from h1 is what to send again.

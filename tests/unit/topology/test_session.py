@@ -104,6 +104,35 @@ def test_lifecycle_from_request_to_withdrawn_with_its_actions() -> None:
     assert gone.session.reason == "flow ended"
 
 
+def test_an_urgent_session_duplicates_behind_its_installs_and_activates_without_starting_twice() -> None:
+    # The standard path is down: every millisecond waiting for acknowledgements is lost traffic.
+    urgent = MirrorSession.open(7, replace(request(), urgent=True), now=0.0, channels=ChannelAllocator())
+    transition = urgent.plan_result(first_plan(), now=0.01).session.install(now=0.02)
+    installs = [a for a in transition.actions if isinstance(a, InstallVC)]
+    starts = [a for a in transition.actions if isinstance(a, StartDuplication)]
+    assert installs and len(starts) == 1 and transition.actions[-1] is starts[0]  # installs go first
+    session = transition.session
+    assert session.state is SessionState.INSTALLING and session.duplicating
+    assert starts[0].channel_id == installs[0].channel_id
+    for install in installs:
+        transition = session.ack_install(install.relay, install.channel_id, now=0.03)
+        session = transition.session
+    assert session.state is SessionState.ACTIVE
+    assert not any(isinstance(a, StartDuplication) for a in transition.actions)
+    # Failing while installing stops the duplication it started.
+    other = MirrorSession.open(8, replace(request(), urgent=True), now=0.0, channels=ChannelAllocator())
+    installing_one = other.plan_result(first_plan(), now=0.01).session.install(now=0.02).session
+    refused = installing_one.nack_install(installs[0].relay, installing_one.channel_id, "full", now=0.03)
+    assert refused.session.state is SessionState.FAILED
+    assert any(isinstance(a, StopDuplication) for a in refused.actions)
+
+
+def test_a_normal_session_starts_duplicating_only_when_every_relay_acknowledged() -> None:
+    transition = installing()
+    assert not any(isinstance(a, StartDuplication) for a in transition.actions)
+    assert not transition.session.duplicating
+
+
 def test_no_plan_fails_the_session_with_the_reason() -> None:
     result = opened().plan_result(NoPlan("no-relay", "no usable relay for h1 -> h3"), now=0.0)
     assert result.state is SessionState.FAILED
