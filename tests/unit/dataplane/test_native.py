@@ -109,6 +109,13 @@ def _engines(b_addr, r_addr):  # type: ignore[no-untyped-def]
     return a, b
 
 
+def _relay(a_address) -> Engine:  # type: ignore[no-untyped-def]
+    """Relay r (node 3) that knows a (node 1)."""
+    relay = Engine(3, 9)
+    relay.add_peer(1, "a", KEY_AR, a_address, relay=False)
+    return relay
+
+
 def _drain_all(engine: Engine, sock: socket.socket, tun: int, expect: int) -> list[tuple[bytes, int]]:
     """Drain until `expect` datagrams were counted (or handed back), at most 2 s."""
     slow: list[tuple[bytes, int]] = []
@@ -177,8 +184,7 @@ def test_the_native_loop_forwards_on_a_live_virtual_connection_only() -> None:
     b_sock, r_sock, a_sock = _socket(), _socket(), _socket()
     try:
         a, _b = _engines(b_sock.getsockname(), r_sock.getsockname())
-        relay = Engine(3, 9)
-        relay.add_peer(1, "a", KEY_AR, a_sock.getsockname(), relay=False)
+        relay = _relay(a_sock.getsockname())
         relay.install_vc(1, 5, b_sock.getsockname(), expiry=100.0)
         peer = a.peers[2]
         mirror = [copies[1][0] for copies in
@@ -302,8 +308,7 @@ def test_a_datagram_behind_a_control_message_waits_for_it_in_order() -> None:
     b_sock, r_sock, a_sock = _socket(), _socket(), _socket()
     try:
         a, _b = _engines(b_sock.getsockname(), r_sock.getsockname())
-        relay = Engine(3, 9)
-        relay.add_peer(1, "a", KEY_AR, a_sock.getsockname(), relay=False)
+        relay = _relay(a_sock.getsockname())
         to_relay = a.peers[3]
         [(hello, _)] = a.message(to_relay, MessageType.PROBE, Probe(1), [to_relay.standard], 1.0,  # type: ignore[list-item]
                                  1_000_000)
