@@ -19,7 +19,7 @@ def _load() -> tuple[ModuleType | None, str]:
     if not WANTED:
         return None, "TOPOMIRROR_DATAPLANE=python"
     try:
-        from topomirror.dataplane import _fastpath
+        import topomirror.dataplane._fastpath as _fastpath
     except ImportError as exc:  # not built: the package was installed without a C compiler or libssl-dev
         return None, f"native data plane not built ({exc}); run 'make setup' (needs gcc and libssl-dev)"
     return _fastpath, ""

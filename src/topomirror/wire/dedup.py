@@ -20,6 +20,7 @@ behaviour as `PyDedupWindow` here (a property test runs both on the same arrival
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
 from topomirror.dataplane.native import fast
 from topomirror.wire.header import time_diff_us
@@ -86,6 +87,10 @@ class PyDedupWindow:
         self._masks[seq & size_mask] |= 1 << min(path_id, 7)
 
 
-if fast is not None:
+if TYPE_CHECKING:
+    DedupWindow = PyDedupWindow  # the interface both implementations have
+elif fast is not None:
     fast.set_verdicts((Verdict.NEW, Verdict.DUPLICATE, Verdict.REPLAY, Verdict.TOO_OLD))
-DedupWindow: type = fast.DedupWindow if fast is not None else PyDedupWindow
+    DedupWindow = fast.DedupWindow
+else:
+    DedupWindow = PyDedupWindow
