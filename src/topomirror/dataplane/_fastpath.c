@@ -7,7 +7,9 @@
  * behaviour as `topomirror.wire.dedup.PyDedupWindow` and `topomirror.feedback.measure.PyPathMeter`
  * (property tests run both side by side), and `FastRx.drain` hands every datagram it does not
  * handle itself (FEEDBACK, PROBE, CONTROL, a new epoch, an unknown sender) back to
- * `Engine.receive`. `Sealer` builds DATA datagrams (header + AES-256-GCM) for the send side.
+ * `Engine.receive`, in order. On the send side, `FastTx.pump` reads the TUN and seals (`Sealer`,
+ * which also keeps the session and path sequence counters) and sends the packets of the flows the
+ * daemon registered, in UDP GSO runs per next hop; every other packet goes back to the daemon.
  *
  * No policy lives here: what to mirror, when and where stays in Python.
  */
