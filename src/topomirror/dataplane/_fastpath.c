@@ -601,6 +601,21 @@ static void send_runs(Sender *sd, int fd, struct iovec *iov, struct sockaddr_in 
     }
 }
 
+/* (host, port) as Python gives them -> sockaddr_in; -1 with a ValueError if not IPv4. */
+static int address_from(PyObject *host, PyObject *port, struct sockaddr_in *addr) {
+    const char *text = PyUnicode_AsUTF8(host);
+    long p = PyLong_AsLong(port);
+    if (!text || (p == -1 && PyErr_Occurred())) return -1;
+    memset(addr, 0, sizeof(*addr));
+    addr->sin_family = AF_INET;
+    addr->sin_port = htons((uint16_t)p);
+    if (p < 0 || p > 65535 || inet_pton(AF_INET, text, &addr->sin_addr) != 1) {
+        PyErr_Format(PyExc_ValueError, "not an IPv4 address and port: %s:%ld", text, p);
+        return -1;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* FastRx: a node's receive loop                                                               */
 
@@ -729,13 +744,10 @@ static int rx_vc(FastRx *self, uint16_t sender, uint16_t channel, double now, st
     if (!(expiry > now)) return 0;
     PyObject *address = PyList_GET_ITEM(entry, 0);
     if (!PyTuple_Check(address) || PyTuple_GET_SIZE(address) != 2) return 0;
-    const char *host = PyUnicode_AsUTF8(PyTuple_GET_ITEM(address, 0));
-    long port = PyLong_AsLong(PyTuple_GET_ITEM(address, 1));
-    if (!host || port < 0 || port > 65535) { PyErr_Clear(); return 0; }
-    memset(addr, 0, sizeof(*addr));
-    addr->sin_family = AF_INET;
-    addr->sin_port = htons((uint16_t)port);
-    if (inet_pton(AF_INET, host, &addr->sin_addr) != 1) return 0;
+    if (address_from(PyTuple_GET_ITEM(address, 0), PyTuple_GET_ITEM(address, 1), addr) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
     long long packets = PyLong_AsLongLong(PyList_GET_ITEM(entry, 2));
     PyObject *count = packets == -1 && PyErr_Occurred() ? NULL : PyLong_FromLongLong(packets + 1);
     if (count) PyList_SetItem(entry, 2, count); else PyErr_Clear();
@@ -768,10 +780,10 @@ static int rx_data(FastRx *self, RxPeer *p, const uint8_t *d, int len, long long
     return 0;
 }
 
-static PyObject *counts_tuple(unsigned long long *counts) {
-    PyObject *t = PyTuple_New(C_COUNT);
+static PyObject *counts_tuple(const unsigned long long *counts, int n) {
+    PyObject *t = PyTuple_New(n);
     if (!t) return NULL;
-    for (int i = 0; i < C_COUNT; i++) {
+    for (int i = 0; i < n; i++) {
         PyObject *v = PyLong_FromUnsignedLongLong(counts[i]);
         if (!v) { Py_DECREF(t); return NULL; }
         PyTuple_SET_ITEM(t, i, v);
@@ -889,7 +901,7 @@ static PyObject *fastrx_drain(FastRx *self, PyObject *args) {
         }
         if (got < VLEN) break;
     }
-    PyObject *ct = counts_tuple(counts);
+    PyObject *ct = counts_tuple(counts, C_COUNT);
     if (!ct) { Py_DECREF(slow); return NULL; }
     PyObject *out = PyTuple_Pack(2, slow, ct);
     Py_DECREF(slow);
@@ -941,20 +953,6 @@ typedef struct {
 } FastFlow;
 
 static PyTypeObject FastFlowType;
-
-static int address_from(PyObject *host, PyObject *port, struct sockaddr_in *addr) {
-    const char *text = PyUnicode_AsUTF8(host);
-    long p = PyLong_AsLong(port);
-    if (!text || (p == -1 && PyErr_Occurred())) return -1;
-    memset(addr, 0, sizeof(*addr));
-    addr->sin_family = AF_INET;
-    addr->sin_port = htons((uint16_t)p);
-    if (p < 0 || p > 65535 || inet_pton(AF_INET, text, &addr->sin_addr) != 1) {
-        PyErr_Format(PyExc_ValueError, "not an IPv4 address and port: %s:%ld", text, p);
-        return -1;
-    }
-    return 0;
-}
 
 /* FastFlow(entry, routes, sealer, specs): specs is one (host, port, path_id, channel) per route. */
 static int fastflow_init(FastFlow *self, PyObject *args, PyObject *kwds) {
@@ -1146,9 +1144,8 @@ static PyObject *fasttx_pump(FastTx *self, PyObject *args) {
         }
     }
     tx_flush(self, sock_fd, counts);
-    PyObject *ct = PyTuple_New(T_COUNT);
+    PyObject *ct = counts_tuple(counts, T_COUNT);
     if (!ct) goto error;
-    for (int i = 0; i < T_COUNT; i++) PyTuple_SET_ITEM(ct, i, PyLong_FromUnsignedLongLong(counts[i]));
     PyObject *out = PyTuple_Pack(3, slow, touched, ct);
     Py_DECREF(slow);
     Py_DECREF(touched);
@@ -1193,26 +1190,16 @@ static struct PyModuleDef module = {
     -1, module_methods};
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
-    if (PyType_Ready(&DedupWindowType) < 0 || PyType_Ready(&PathMeterType) < 0 || PyType_Ready(&SealerType) < 0 ||
-        PyType_Ready(&FastRxType) < 0 || PyType_Ready(&FastFlowType) < 0 || PyType_Ready(&FastTxType) < 0)
-        return NULL;
+    static struct { const char *name; PyTypeObject *type; } types[] = {
+        {"DedupWindow", &DedupWindowType}, {"PathMeter", &PathMeterType}, {"Sealer", &SealerType},
+        {"FastRx", &FastRxType}, {"FastFlow", &FastFlowType}, {"FastTx", &FastTxType}};
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
-    Py_INCREF(&DedupWindowType);
-    Py_INCREF(&PathMeterType);
-    Py_INCREF(&SealerType);
-    Py_INCREF(&FastRxType);
-    Py_INCREF(&FastFlowType);
-    Py_INCREF(&FastTxType);
-    if (PyModule_AddObject(m, "DedupWindow", (PyObject *)&DedupWindowType) < 0 ||
-        PyModule_AddObject(m, "PathMeter", (PyObject *)&PathMeterType) < 0 ||
-        PyModule_AddObject(m, "Sealer", (PyObject *)&SealerType) < 0 ||
-        PyModule_AddObject(m, "FastRx", (PyObject *)&FastRxType) < 0 ||
-        PyModule_AddObject(m, "FastFlow", (PyObject *)&FastFlowType) < 0 ||
-        PyModule_AddObject(m, "FastTx", (PyObject *)&FastTxType) < 0 ||
-        PyModule_AddIntConstant(m, "COUNTS", C_COUNT) < 0) {
-        Py_DECREF(m);
-        return NULL;
+    for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+        if (PyType_Ready(types[i].type) < 0 || PyModule_AddObjectRef(m, types[i].name, (PyObject *)types[i].type) < 0) {
+            Py_DECREF(m);
+            return NULL;
+        }
     }
     return m;
 }

@@ -2,8 +2,6 @@
 
 from typing import Any
 
-COUNTS: int
-
 def set_verdicts(verdicts: tuple[Any, Any, Any, Any], /) -> None: ...
 
 class DedupWindow:

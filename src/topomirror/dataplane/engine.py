@@ -16,10 +16,14 @@ views and feedback are the same either way.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from topomirror.dataplane.native import fast
+
+if TYPE_CHECKING:
+    from topomirror.dataplane._fastpath import Sealer
 from topomirror.feedback.measure import FeedbackBuilder, PathHistory
 from topomirror.wire.crypto import NONCE, SEQ_MASK, AuthenticationFailed, derive, derive_key
 from topomirror.wire.dedup import DedupWindow, Verdict
@@ -88,7 +92,7 @@ class PeerLink:
     window: DedupWindow | None = None
     meters: FeedbackBuilder | None = None  # what we measure of this sender's paths
     history: PathHistory = field(default_factory=PathHistory)  # what it reports of ours
-    sealer: object | None = None  # the native Sealer of tx_aead's key, when built
+    sealer: Sealer | None = None  # the native Sealer of tx_aead's key, when built
 
 
 def _newer_epoch(candidate: int, current: int) -> bool:
@@ -129,11 +133,11 @@ class Engine:
     def last_seq(self, peer: PeerLink) -> int:
         """The session sequence of the last packet sent to `peer` (the native sealer keeps the
         counters when it is built: its send loop and this engine share them)."""
-        return peer.sealer.seq if peer.sealer is not None else peer.tx_seq  # type: ignore[attr-defined]
+        return peer.sealer.seq if peer.sealer is not None else peer.tx_seq
 
     def _next_seq(self, peer: PeerLink) -> int:
         if peer.sealer is not None:
-            return peer.sealer.next_seq()  # type: ignore[attr-defined,no-any-return]
+            return peer.sealer.next_seq()
         peer.tx_seq += 1
         return peer.tx_seq
 
@@ -142,7 +146,7 @@ class Engine:
         path_id = route.path_id
         sealer = peer.sealer
         if sealer is not None:
-            return sealer.seal(kind, path_id, route.channel, seq, sealer.next_path_seq(path_id),  # type: ignore[attr-defined,no-any-return]
+            return sealer.seal(kind, path_id, route.channel, seq, sealer.next_path_seq(path_id),
                                now_us & _U32_MASK, payload)
         path_seq = (peer.path_seq.get(path_id, 0) + 1) & _U32_MASK
         peer.path_seq[path_id] = path_seq
@@ -162,8 +166,8 @@ class Engine:
         out = []
         sealer = peer.sealer
         if sealer is not None:
-            seq = sealer.next_seq()  # type: ignore[attr-defined]
-            seal, next_path_seq = sealer.seal, sealer.next_path_seq  # type: ignore[attr-defined]
+            seq = sealer.next_seq()
+            seal, next_path_seq = sealer.seal, sealer.next_path_seq
             for route in routes:
                 out.append((seal(_DATA, route.path_id, route.channel, seq, next_path_seq(route.path_id), send_time,
                                  packet), route.address))

@@ -26,4 +26,3 @@ def _load() -> tuple[ModuleType | None, str]:
 
 
 fast, why_not = _load()
-KIND = "native" if fast is not None else "python"

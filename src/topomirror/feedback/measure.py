@@ -96,22 +96,31 @@ class PyPathMeter:
             return 0
         return self._last_transit - self._base
 
-    def report(self, interval_ms: int) -> PathReport | None:
-        """Close the interval; None if nothing arrived on this path since the last report."""
+    def _take(self) -> tuple[int, int, int, int, int, int, int, int, int, int] | None:
+        """Close the interval: its figures (as the C meter's `_take`), or None if nothing arrived."""
         if self.packets == 0:
             return None
         assert self._highest is not None and self._reported_highest is not None
         expected = (self._highest - self._reported_highest) % U32
         lost = max(0, expected - (self.packets - self._late))
-        report = PathReport(
-            path_id=self.path_id, packets=self.packets, bytes=self.bytes, lost=lost,
-            reordered=self.reordered, wins=self.wins, duplicates=self.duplicates,
-            owd_min_us=self._owd_min or 0, owd_avg_us=self._owd_sum // self.packets,
-            owd_max_us=self._owd_max, jitter_us=int(self.jitter_us), interval_ms=interval_ms,
-        )
+        figures = (self.packets, self.bytes, lost, self.reordered, self.wins, self.duplicates, self._owd_min or 0,
+                   self._owd_sum // self.packets, self._owd_max, int(self.jitter_us))
         self._reported_highest = self._highest
         self._reset()
-        return report
+        return figures
+
+    def report(self, interval_ms: int) -> PathReport | None:
+        """Close the interval; None if nothing arrived on this path since the last report."""
+        return _report(self.path_id, self._take(), interval_ms)
+
+
+def _report(path_id: int, figures: tuple[int, ...] | None, interval_ms: int) -> PathReport | None:
+    if figures is None:
+        return None
+    packets, size, lost, reordered, wins, duplicates, owd_min, owd_avg, owd_max, jitter = figures
+    return PathReport(path_id=path_id, packets=packets, bytes=size, lost=lost, reordered=reordered, wins=wins,
+                      duplicates=duplicates, owd_min_us=owd_min, owd_avg_us=owd_avg, owd_max_us=owd_max,
+                      jitter_us=jitter, interval_ms=interval_ms)
 
 
 if fast is not None:
@@ -121,13 +130,7 @@ if fast is not None:
         __slots__ = ()
 
         def report(self, interval_ms: int) -> PathReport | None:
-            figures = self._take()
-            if figures is None:
-                return None
-            packets, size, lost, reordered, wins, duplicates, owd_min, owd_avg, owd_max, jitter = figures
-            return PathReport(path_id=self.path_id, packets=packets, bytes=size, lost=lost, reordered=reordered,
-                              wins=wins, duplicates=duplicates, owd_min_us=owd_min, owd_avg_us=owd_avg,
-                              owd_max_us=owd_max, jitter_us=jitter, interval_ms=interval_ms)
+            return _report(self.path_id, self._take(), interval_ms)
 else:
     PathMeter = PyPathMeter  # type: ignore[misc,assignment]
 

@@ -586,10 +586,10 @@ class Controller:
             return
         session_id = next(self._session_ids)
         self.sessions_opened += 1
-        silent = self.paths.get(info.peer)
+        path = self.paths.get(info.peer)
         request = MirrorRequest(str(info.key), self.me, info.peer, info.traffic_class, reason,
                                 SessionBudget(self.settings.session_rate_bps, self.settings.session_burst_bytes),
-                                urgent=silent is not None and silent.silent_since is not None)
+                                urgent=path is not None and path.silent_since is not None)
         opened = MirrorSession.open(session_id, request, now, self.channels, self.session_policy)
         self.sessions[session_id] = opened
         self.session_flow[session_id] = info.flow_id
@@ -603,7 +603,6 @@ class Controller:
         session = self.sessions.get(session_id)
         if session is not None and session.state is SessionState.PLANNED:
             self._apply(session_id, session.install(now), now)
-        path = self.paths.get(info.peer)
         if path is not None and path.degraded_since is None:
             # Opened before the path degraded: when it does, the lead time is measured.
             self._pending_onset.setdefault(info.peer, now)

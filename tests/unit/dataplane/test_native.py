@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -93,11 +94,35 @@ def test_the_sealer_writes_what_the_python_seal_writes(payload: bytes, path_id: 
 KEY_AB, KEY_AR, KEY_BR = os.urandom(32), os.urandom(32), os.urandom(32)
 
 
-def _socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.setblocking(False)
-    return sock
+Udp = Callable[[], socket.socket]
+
+
+@pytest.fixture
+def udp() -> Iterator[Udp]:
+    """Opens non-blocking UDP sockets on loopback; closes them after the test."""
+    opened: list[socket.socket] = []
+
+    def open_one() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        opened.append(sock)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        return sock
+
+    yield open_one
+    for sock in opened:
+        sock.close()
+
+
+def _waiting(sock: socket.socket) -> list[bytes]:
+    """Every datagram waiting on `sock`, after a moment for loopback delivery."""
+    time.sleep(0.05)
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(65536))
+        except BlockingIOError:
+            return out
 
 
 def _engines(b_addr, r_addr):  # type: ignore[no-untyped-def]
@@ -130,9 +155,9 @@ def _drain_all(engine: Engine, sock: socket.socket, tun: int, expect: int) -> li
     return slow
 
 
-def test_the_native_loop_delivers_first_copies_and_counts_as_the_python_engine() -> None:
+def test_the_native_loop_delivers_first_copies_and_counts_as_the_python_engine(udp: Udp) -> None:
     assert fast is not None
-    b_sock, r_sock, a_sock = _socket(), _socket(), _socket()
+    b_sock, r_sock, a_sock = udp(), udp(), udp()
     tun_read, tun_write = os.pipe()
     os.set_blocking(tun_read, False)
     try:
@@ -173,57 +198,40 @@ def test_the_native_loop_delivers_first_copies_and_counts_as_the_python_engine()
         assert {p: (m.total_packets, m.total_wins) for p, m in mine.meters.items()} == \
             {p: (m.total_packets, m.total_wins) for p, m in theirs.meters.items()} == {0: (40, 40), 1: (40, 0)}
     finally:
-        for s in (a_sock, b_sock, r_sock):
-            s.close()
         os.close(tun_read)
         os.close(tun_write)
 
 
-def test_the_native_loop_forwards_on_a_live_virtual_connection_only() -> None:
+def test_the_native_loop_forwards_on_a_live_virtual_connection_only(udp: Udp) -> None:
     assert fast is not None
-    b_sock, r_sock, a_sock = _socket(), _socket(), _socket()
-    try:
-        a, _b = _engines(b_sock.getsockname(), r_sock.getsockname())
-        relay = _relay(a_sock.getsockname())
-        relay.install_vc(1, 5, b_sock.getsockname(), expiry=100.0)
-        peer = a.peers[2]
-        mirror = [copies[1][0] for copies in
-                  (a.encapsulate(peer, a.routes_to(peer), bytes([i]) * 100, 1.0, 1_000_000 + i) for i in range(20))]
-        for datagram in mirror:
-            a_sock.sendto(datagram, r_sock.getsockname())
-        assert _drain_all(relay, r_sock, -1, 20) == []
-        assert relay.counters["forwarded"] == 20 and relay.vcs[(1, 5)][2] == 20
-        time.sleep(0.05)
-        arrived = []
-        while True:
-            try:
-                arrived.append(b_sock.recv(65536))
-            except BlockingIOError:
-                break
-        assert arrived == mirror  # unchanged, in order
-        # An expired connection forwards nothing: the datagram is not for the relay either.
-        relay.install_vc(1, 5, b_sock.getsockname(), expiry=0.5)
-        a_sock.sendto(mirror[0], r_sock.getsockname())
-        slow = _drain_all(relay, r_sock, -1, 21)
-        assert relay.counters["forwarded"] == 20 and [d for d, _ in slow] == [mirror[0]]
-    finally:
-        for s in (a_sock, b_sock, r_sock):
-            s.close()
+    b_sock, r_sock, a_sock = udp(), udp(), udp()
+    a, _b = _engines(b_sock.getsockname(), r_sock.getsockname())
+    relay = _relay(a_sock.getsockname())
+    relay.install_vc(1, 5, b_sock.getsockname(), expiry=100.0)
+    peer = a.peers[2]
+    mirror = [copies[1][0] for copies in
+              (a.encapsulate(peer, a.routes_to(peer), bytes([i]) * 100, 1.0, 1_000_000 + i) for i in range(20))]
+    for datagram in mirror:
+        a_sock.sendto(datagram, r_sock.getsockname())
+    assert _drain_all(relay, r_sock, -1, 20) == []
+    assert relay.counters["forwarded"] == 20 and relay.vcs[(1, 5)][2] == 20
+    assert _waiting(b_sock) == mirror  # unchanged, in order
+    # An expired connection forwards nothing: the datagram is not for the relay either.
+    relay.install_vc(1, 5, b_sock.getsockname(), expiry=0.5)
+    a_sock.sendto(mirror[0], r_sock.getsockname())
+    slow = _drain_all(relay, r_sock, -1, 21)
+    assert relay.counters["forwarded"] == 20 and [d for d, _ in slow] == [mirror[0]]
 
 
-def test_a_malformed_datagram_is_counted_in_c() -> None:
+def test_a_malformed_datagram_is_counted_in_c(udp: Udp) -> None:
     assert fast is not None
-    b_sock, a_sock = _socket(), _socket()
-    try:
-        b = Engine(2, 7)
-        b.add_peer(1, "a", KEY_AB, ("127.0.0.1", 9), relay=False)
-        a_sock.sendto(b"\x00" * 10, b_sock.getsockname())
-        a_sock.sendto(bytes([0x21]) + b"\x00" * (HEADER_SIZE + 20), b_sock.getsockname())  # version 2
-        assert _drain_all(b, b_sock, -1, 2) == []
-        assert b.drops["malformed"] == 2 and b.counters["rx_datagrams"] == 2
-    finally:
-        a_sock.close()
-        b_sock.close()
+    b_sock, a_sock = udp(), udp()
+    b = Engine(2, 7)
+    b.add_peer(1, "a", KEY_AB, ("127.0.0.1", 9), relay=False)
+    a_sock.sendto(b"\x00" * 10, b_sock.getsockname())
+    a_sock.sendto(bytes([0x21]) + b"\x00" * (HEADER_SIZE + 20), b_sock.getsockname())  # version 2
+    assert _drain_all(b, b_sock, -1, 2) == []
+    assert b.drops["malformed"] == 2 and b.counters["rx_datagrams"] == 2
 
 
 @pytest.mark.parametrize("size", [0, 1, 1432])
@@ -246,14 +254,14 @@ def _udp_packet(sport: int, payload: bytes) -> bytes:
                        bytes([172, 16, 2, 1])) + udp
 
 
-def test_the_native_send_loop_carries_registered_flows_and_hands_back_the_rest() -> None:
+def test_the_native_send_loop_carries_registered_flows_and_hands_back_the_rest(udp: Udp) -> None:
     from topomirror.dataplane.packet import flow_bytes
 
     assert fast is not None
-    b_sock, r_sock, a_sock = _socket(), _socket(), _socket()
+    b_sock, r_sock, a_sock = udp(), udp(), udp()
     tun_app, tun_node = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)  # one read, one packet, as a TUN
     tun_node.setblocking(False)
-    try:
+    with tun_app, tun_node:
         a, b = _engines(b_sock.getsockname(), r_sock.getsockname())
         assert a.tx is not None
         peer = a.peers[2]
@@ -273,61 +281,41 @@ def test_the_native_send_loop_carries_registered_flows_and_hands_back_the_rest()
         assert touched[0].take() == (3, sum(len(p) for p in fast_packets)) and touched[0].take() == (0, 0)
         assert counts[4:] == (3, 6, 2 * sum(len(p) for p in fast_packets))  # packets, copies, bytes
         assert a.last_seq(peer) == 4
-        time.sleep(0.05)
-        standard = []
-        while True:
-            try:
-                standard.append(b_sock.recv(65536))
-            except BlockingIOError:
-                break
+        standard = _waiting(b_sock)
         assert len(standard) == 3  # GSO runs arrive as the datagrams they were cut from
         results = [b.receive(d, 1.0, 1_000_200 + i)[:2] for i, d in enumerate([first, *standard])]
         assert results == [(DELIVER, p) for p in [_udp_packet(5000, b"first"), *fast_packets]]
         [report] = b.peers[1].meters.build(100).paths  # type: ignore[union-attr]
         assert (report.packets, report.lost, report.reordered) == (4, 0, 0)
-        mirrored = 0
-        while True:
-            try:
-                r_sock.recv(65536)
-                mirrored += 1
-            except BlockingIOError:
-                break
-        assert mirrored == 3  # every packet the loop sent also went the mirror way
-    finally:
-        for s in (a_sock, b_sock, r_sock, tun_app, tun_node):
-            s.close()
+        assert len(_waiting(r_sock)) == 3  # every packet the loop sent also went the mirror way
 
 
-def test_a_datagram_behind_a_control_message_waits_for_it_in_order() -> None:
+def test_a_datagram_behind_a_control_message_waits_for_it_in_order(udp: Udp) -> None:
     # A relay that receives a vc_install and, in the same burst, data on that channel: the data must
     # not be judged before Python installed the virtual connection.
     from topomirror.dataplane.engine import CONSUMED, CONTROL, FORWARD
     from topomirror.wire.messages import Control, Probe
 
     assert fast is not None
-    b_sock, r_sock, a_sock = _socket(), _socket(), _socket()
-    try:
-        a, _b = _engines(b_sock.getsockname(), r_sock.getsockname())
-        relay = _relay(a_sock.getsockname())
-        to_relay = a.peers[3]
-        [(hello, _)] = a.message(to_relay, MessageType.PROBE, Probe(1), [to_relay.standard], 1.0,  # type: ignore[list-item]
-                                 1_000_000)
-        # The relay learns a's epoch from a first message (through Python, as always).
-        assert relay.receive(hello, 1.0, 1_000_000)[0] == CONSUMED
-        install = a.message(to_relay, MessageType.CONTROL, Control("vc_install", 1, 5, next_hop="127.0.0.1:9",
-                                                                     lease_ms=1000), [to_relay.standard], 1.0,
-                            1_000_001)[0][0]  # type: ignore[list-item]
-        peer = a.peers[2]
-        data = a.encapsulate(peer, a.routes_to(peer), b"behind", 1.0, 1_000_002)[1][0]
-        a_sock.sendto(install, r_sock.getsockname())
-        a_sock.sendto(data, r_sock.getsockname())
-        time.sleep(0.05)
-        slow = _drain_all(relay, r_sock, -1, 2)
-        assert [d for d, _ in slow] == [install, data]
-        kind, message, _ = relay.receive(install, 1.0, 1_000_010)
-        assert kind == CONTROL and isinstance(message, Control) and message.op == "vc_install"
-        relay.install_vc(1, message.channel, b_sock.getsockname(), expiry=100.0)  # what the daemon does
-        assert relay.receive(data, 1.0, 1_000_011)[:2] == (FORWARD, data)
-    finally:
-        for s in (a_sock, b_sock, r_sock):
-            s.close()
+    b_sock, r_sock, a_sock = udp(), udp(), udp()
+    a, _b = _engines(b_sock.getsockname(), r_sock.getsockname())
+    relay = _relay(a_sock.getsockname())
+    to_relay = a.peers[3]
+    [(hello, _)] = a.message(to_relay, MessageType.PROBE, Probe(1), [to_relay.standard], 1.0,  # type: ignore[list-item]
+                             1_000_000)
+    # The relay learns a's epoch from a first message (through Python, as always).
+    assert relay.receive(hello, 1.0, 1_000_000)[0] == CONSUMED
+    install = a.message(to_relay, MessageType.CONTROL, Control("vc_install", 1, 5, next_hop="127.0.0.1:9",
+                                                                 lease_ms=1000), [to_relay.standard], 1.0,
+                        1_000_001)[0][0]  # type: ignore[list-item]
+    peer = a.peers[2]
+    data = a.encapsulate(peer, a.routes_to(peer), b"behind", 1.0, 1_000_002)[1][0]
+    a_sock.sendto(install, r_sock.getsockname())
+    a_sock.sendto(data, r_sock.getsockname())
+    time.sleep(0.05)
+    slow = _drain_all(relay, r_sock, -1, 2)
+    assert [d for d, _ in slow] == [install, data]
+    kind, message, _ = relay.receive(install, 1.0, 1_000_010)
+    assert kind == CONTROL and isinstance(message, Control) and message.op == "vc_install"
+    relay.install_vc(1, message.channel, b_sock.getsockname(), expiry=100.0)  # what the daemon does
+    assert relay.receive(data, 1.0, 1_000_011)[:2] == (FORWARD, data)
