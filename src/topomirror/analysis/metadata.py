@@ -95,6 +95,28 @@ def extract(sample: FlowSample) -> Metadata:
     )
 
 
+def may_carry_metadata(packet: bytes) -> bool:
+    """False only when `extract_packet` can find no application protocol and no announced size in
+    this IP packet: an IPv4 TCP segment without payload (a handshake, an ack) or UDP on a port no
+    extractor reads. A filter in front of the node's analysis queue, which sees thousands of new
+    flows a second; anything it is unsure of (IPv6, fragments, odd headers) it lets through."""
+    size = len(packet)
+    if size < 20 or packet[0] >> 4 != 4 or packet[6] & 0x3F or packet[7]:
+        return True
+    ihl = (packet[0] & 0x0F) * 4
+    total = (packet[2] << 8) | packet[3]
+    end = total if total < size else size
+    proto = packet[9]
+    if proto == PROTO_TCP:
+        return end < ihl + 13 or end > ihl + ((packet[ihl + 12] >> 4) << 2)
+    if proto == PROTO_UDP:
+        if end < ihl + 8:
+            return True
+        return end > ihl + 8 and (((packet[ihl] << 8) | packet[ihl + 1]) in DNS_PORTS
+                                  or ((packet[ihl + 2] << 8) | packet[ihl + 3]) in DNS_PORTS)
+    return False
+
+
 def extract_packet(packet: bytes) -> Metadata | None:
     """Metadata from one IP packet (offline analysis of captures, benchmarks). None if the packet is malformed."""
     parsed = parse_ip_packet(packet)

@@ -1017,9 +1017,22 @@ static PyTypeObject FastFlowType = {
 #define LANE_SIZE 512
 #define ARENA (1 << 20)
 
+#define MAX_PREFIXES 256
+
+/* Where a new flow's first packets go before Python decided anything: a peer's overlay prefix
+ * and its standard path (what the daemon does for every new flow under an adaptive policy). */
+typedef struct {
+    uint32_t network, mask; /* host byte order */
+    Sealer *sealer;
+    TxRoute route;
+} TxPrefix;
+
 typedef struct {
     PyObject_HEAD
     PyObject *flows; /* dict: flow bytes (dataplane.packet.flow_bytes) -> FastFlow */
+    PyObject *known; /* the daemon's flow table (flow bytes -> entry), or NULL: new flows go up */
+    int nprefixes;
+    TxPrefix prefixes[MAX_PREFIXES]; /* longest prefix first */
     uint8_t *arena, *packet;
     int used;
     int nlanes;
@@ -1042,7 +1055,14 @@ static int fasttx_init(FastTx *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
+static void fasttx_clear_prefixes(FastTx *self) {
+    for (int i = 0; i < self->nprefixes; i++) Py_CLEAR(self->prefixes[i].sealer);
+    self->nprefixes = 0;
+    Py_CLEAR(self->known);
+}
+
 static void fasttx_dealloc(FastTx *self) {
+    fasttx_clear_prefixes(self);
     Py_XDECREF(self->flows);
     PyMem_Free(self->arena);
     PyMem_Free(self->packet);
@@ -1062,19 +1082,112 @@ static void tx_flush(FastTx *self, int fd, unsigned long long *counts) {
     self->used = 0;
 }
 
-/* pump(tun_fd, sock_fd, max_packets, mtu, now_us) -> (slow, touched, counts)
+/* Seal packet b (n bytes) once per route with one session sequence and queue the copies in the
+ * lanes of their next hops (flushing when the arena or a lane is full). -1 with an exception. */
+static int tx_queue(FastTx *self, int sock_fd, unsigned long long *counts, Sealer *sealer, const TxRoute *routes,
+                    int nroutes, uint32_t send_time, const uint8_t *b, int n) {
+    if (self->used + nroutes * (n + HEADER_SIZE + TAG_SIZE) > ARENA) tx_flush(self, sock_fd, counts);
+    uint64_t seq = ++sealer->seq;
+    for (int r = 0; r < nroutes; r++) {
+        const TxRoute *route = &routes[r];
+        int lane = 0;
+        while (lane < self->nlanes && !same_address(&self->lane_addr[lane], &route->addr)) lane++;
+        if (lane == LANES || (lane < self->nlanes && self->lane_n[lane] == LANE_SIZE)) {
+            tx_flush(self, sock_fd, counts);
+            lane = 0;
+        }
+        if (lane == self->nlanes) {
+            self->lane_addr[lane] = route->addr;
+            self->lane_n[lane] = 0;
+            self->nlanes++;
+        }
+        uint8_t *out = self->arena + self->used;
+        if (seal_into(sealer, out, KIND_DATA, route->path_id, route->channel, seq,
+                      ++sealer->path_seq[route->path_id], send_time, b, n) < 0) {
+            PyErr_SetString(PyExc_RuntimeError, "OpenSSL: AES-256-GCM seal failed");
+            return -1;
+        }
+        int size = n + HEADER_SIZE + TAG_SIZE;
+        self->used += size;
+        int j = self->lane_n[lane]++;
+        self->lane_iov[lane][j].iov_base = out;
+        self->lane_iov[lane][j].iov_len = (size_t)size;
+        self->lane_sa[lane][j] = route->addr;
+    }
+    counts[T_PACKETS]++;
+    counts[T_COPIES] += (unsigned long long)nroutes;
+    counts[T_BYTES] += (unsigned long long)n * (unsigned long long)nroutes;
+    return 0;
+}
+
+static const TxPrefix *tx_prefix(const FastTx *self, uint32_t dst) {
+    for (int i = 0; i < self->nprefixes; i++)
+        if ((dst & self->prefixes[i].mask) == self->prefixes[i].network) return &self->prefixes[i];
+    return NULL;
+}
+
+/* new_flows(known, prefixes): send the packets of flows `known` (the daemon's flow table) does
+ * not hold on the standard path of the peer whose prefix holds their destination, and hand them
+ * up in `fresh` for the daemon's flow table and decision. prefixes: ((network, mask, sealer,
+ * (host, port, path_id, channel)), ...), longest first. new_flows(None, ()) turns it off. */
+static PyObject *fasttx_new_flows(FastTx *self, PyObject *args) {
+    PyObject *known, *table;
+    if (!PyArg_ParseTuple(args, "OO!", &known, &PyTuple_Type, &table)) return NULL;
+    if (known != Py_None && !PyDict_Check(known)) {
+        PyErr_SetString(PyExc_TypeError, "known: the daemon's flow dict, or None");
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(table);
+    if (n > MAX_PREFIXES) {
+        PyErr_Format(PyExc_ValueError, "at most %d peer prefixes", MAX_PREFIXES);
+        return NULL;
+    }
+    TxPrefix parsed[MAX_PREFIXES];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *network, *mask, *sealer, *host, *port;
+        int path_id, channel;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(table, i), "OOO!(OOii)", &network, &mask, &SealerType, &sealer,
+                              &host, &port, &path_id, &channel))
+            return NULL;
+        unsigned long net = PyLong_AsUnsignedLong(network), msk = PyLong_AsUnsignedLong(mask);
+        if (PyErr_Occurred()) return NULL;
+        if (net > 0xFFFFFFFFUL || msk > 0xFFFFFFFFUL || (net & ~msk)) {
+            PyErr_SetString(PyExc_ValueError, "a prefix is a 32-bit network and its mask");
+            return NULL;
+        }
+        if (address_from(host, port, &parsed[i].route.addr) < 0) return NULL;
+        parsed[i].network = (uint32_t)net;
+        parsed[i].mask = (uint32_t)msk;
+        parsed[i].route.path_id = (unsigned)path_id & 0xFF;
+        parsed[i].route.channel = (uint16_t)channel;
+        parsed[i].sealer = (Sealer *)sealer;
+    }
+    fasttx_clear_prefixes(self);
+    if (known == Py_None) return Py_NewRef(Py_None);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        self->prefixes[i] = parsed[i];
+        Py_INCREF(parsed[i].sealer);
+    }
+    self->nprefixes = (int)n;
+    self->known = Py_NewRef(known);
+    return Py_NewRef(Py_None);
+}
+
+/* pump(tun_fd, sock_fd, max_packets, mtu, now_us) -> (slow, fresh, touched, counts)
  *
  * Reads up to max_packets from the TUN. A packet of a registered flow is sealed once per route
- * (one session sequence, a path sequence per path) and sent, in GSO runs per next hop; any other
- * packet comes back in `slow` (in order) for the daemon. `touched` lists each flow sent on once,
- * for the daemon's accounting (FastFlow.take). */
+ * (one session sequence, a path sequence per path) and sent, in GSO runs per next hop. With
+ * new_flows on, a packet of a flow the daemon's table does not hold yet is sent on its peer's
+ * standard path and comes back in `fresh` as (flow bytes, packet), sent. Any other packet comes
+ * back in `slow` (in order) for the daemon to send. `touched` lists each registered flow sent on
+ * once, for the daemon's accounting (FastFlow.take). */
 static PyObject *fasttx_pump(FastTx *self, PyObject *args) {
     int tun_fd, sock_fd, max_packets, mtu;
     long long now_us;
     if (!PyArg_ParseTuple(args, "iiiiL", &tun_fd, &sock_fd, &max_packets, &mtu, &now_us)) return NULL;
     unsigned long long counts[T_COUNT] = {0};
-    PyObject *slow = PyList_New(0), *touched = PyList_New(0);
-    if (!slow || !touched) goto error;
+    PyObject *slow = PyList_New(0), *fresh = PyList_New(0), *touched = PyList_New(0), *k = NULL;
+    if (!slow || !fresh || !touched) goto error;
     uint32_t send_time = (uint32_t)now_us;
     uint8_t *b = self->packet;
     self->nlanes = 0;
@@ -1084,6 +1197,7 @@ static PyObject *fasttx_pump(FastTx *self, PyObject *args) {
         if (got < 0) break;
         int n = (int)got;
         FastFlow *ff = NULL;
+        const TxPrefix *prefix = NULL;
         if (n <= mtu && n >= 20 && (b[0] >> 4) == 4) {
             int ihl = (b[0] & 0x0F) * 4, proto = b[9];
             uint8_t key[13];
@@ -1091,77 +1205,72 @@ static PyObject *fasttx_pump(FastTx *self, PyObject *args) {
             key[0] = b[9];
             memcpy(key + 1, b + 12, 8);
             if ((proto == 6 || proto == 17) && n >= ihl + 4) { memcpy(key + 9, b + ihl, 4); klen = 13; }
-            PyObject *k = PyBytes_FromStringAndSize((const char *)key, klen);
+            k = PyBytes_FromStringAndSize((const char *)key, klen);
             if (!k) goto error;
             ff = (FastFlow *)PyDict_GetItemWithError(self->flows, k);
-            Py_DECREF(k);
             if (!ff && PyErr_Occurred()) goto error;
+            if (ff && !PyObject_TypeCheck((PyObject *)ff, &FastFlowType)) ff = NULL;
+            if (!ff && self->known) {
+                int held = PyDict_Contains(self->known, k);
+                if (held < 0) goto error;
+                if (!held) prefix = tx_prefix(self, be32(b + 16));
+            }
         }
-        if (!ff || !PyObject_TypeCheck((PyObject *)ff, &FastFlowType)) {
+        if (ff) {
+            if (tx_queue(self, sock_fd, counts, ff->sealer, ff->route, ff->nroutes, send_time, b, n) < 0) goto error;
+            ff->packets++;
+            ff->bytes += n;
+            if (!ff->touched) {
+                ff->touched = 1;
+                if (PyList_Append(touched, (PyObject *)ff) < 0) goto error;
+            }
+        } else {
             PyObject *item = PyBytes_FromStringAndSize((const char *)b, n);
-            if (!item || PyList_Append(slow, item) < 0) { Py_XDECREF(item); goto error; }
+            if (!item) goto error;
+            int failed;
+            if (prefix) {
+                if (tx_queue(self, sock_fd, counts, prefix->sealer, &prefix->route, 1, send_time, b, n) < 0) {
+                    Py_DECREF(item);
+                    goto error;
+                }
+                PyObject *pair = PyTuple_Pack(2, k, item);
+                failed = !pair || PyList_Append(fresh, pair) < 0;
+                Py_XDECREF(pair);
+            } else {
+                failed = PyList_Append(slow, item) < 0;
+            }
             Py_DECREF(item);
-            continue;
+            if (failed) goto error;
         }
-        int need = ff->nroutes * (n + HEADER_SIZE + TAG_SIZE);
-        if (self->used + need > ARENA) tx_flush(self, sock_fd, counts);
-        Sealer *sealer = ff->sealer;
-        uint64_t seq = ++sealer->seq;
-        for (int r = 0; r < ff->nroutes; r++) {
-            TxRoute *route = &ff->route[r];
-            int lane = 0;
-            while (lane < self->nlanes && !same_address(&self->lane_addr[lane], &route->addr)) lane++;
-            if (lane == LANES || (lane < self->nlanes && self->lane_n[lane] == LANE_SIZE)) {
-                tx_flush(self, sock_fd, counts);
-                lane = 0;
-            }
-            if (lane == self->nlanes) {
-                self->lane_addr[lane] = route->addr;
-                self->lane_n[lane] = 0;
-                self->nlanes++;
-            }
-            uint8_t *out = self->arena + self->used;
-            if (seal_into(sealer, out, KIND_DATA, route->path_id, route->channel, seq,
-                          ++sealer->path_seq[route->path_id], send_time, b, n) < 0) {
-                PyErr_SetString(PyExc_RuntimeError, "OpenSSL: AES-256-GCM seal failed");
-                goto error;
-            }
-            int size = n + HEADER_SIZE + TAG_SIZE;
-            self->used += size;
-            int j = self->lane_n[lane]++;
-            self->lane_iov[lane][j].iov_base = out;
-            self->lane_iov[lane][j].iov_len = (size_t)size;
-            self->lane_sa[lane][j] = route->addr;
-        }
-        counts[T_PACKETS]++;
-        counts[T_COPIES] += ff->nroutes;
-        counts[T_BYTES] += (unsigned long long)n * ff->nroutes;
-        ff->packets++;
-        ff->bytes += n;
-        if (!ff->touched) {
-            ff->touched = 1;
-            if (PyList_Append(touched, (PyObject *)ff) < 0) goto error;
-        }
+        Py_CLEAR(k);
     }
     tx_flush(self, sock_fd, counts);
     PyObject *ct = counts_tuple(counts, T_COUNT);
     if (!ct) goto error;
-    PyObject *out = PyTuple_Pack(3, slow, touched, ct);
+    PyObject *out = PyTuple_Pack(4, slow, fresh, touched, ct);
     Py_DECREF(slow);
+    Py_DECREF(fresh);
     Py_DECREF(touched);
     Py_DECREF(ct);
     return out;
 error:
-    self->nlanes = 0;
-    self->used = 0;
+    /* What was sealed is sent (its sequence numbers are spent); the flows sent on keep their
+     * counts for the next pump's `touched`. */
+    tx_flush(self, sock_fd, counts);
+    if (touched)
+        for (Py_ssize_t t = 0; t < PyList_GET_SIZE(touched); t++) ((FastFlow *)PyList_GET_ITEM(touched, t))->touched = 0;
+    Py_XDECREF(k);
     Py_XDECREF(slow);
+    Py_XDECREF(fresh);
     Py_XDECREF(touched);
     return NULL;
 }
 
 static PyMethodDef fasttx_methods[] = {
     {"pump", (PyCFunction)fasttx_pump, METH_VARARGS,
-     "pump(tun_fd, sock_fd, max_packets, mtu, now_us) -> (slow packets, touched flows, counts)"},
+     "pump(tun_fd, sock_fd, max_packets, mtu, now_us) -> (slow packets, fresh (flow, packet) sent, touched flows, counts)"},
+    {"new_flows", (PyCFunction)fasttx_new_flows, METH_VARARGS,
+     "new_flows(known, prefixes): send new flows' packets on the standard path (None, () turns it off)"},
     {NULL}};
 
 static PyMemberDef fasttx_members[] = {

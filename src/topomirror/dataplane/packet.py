@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from socket import inet_ntoa
+from struct import Struct
 
 TCP, UDP, ICMP = 6, 17, 1
 
@@ -42,13 +43,25 @@ def flow_bytes(packet: bytes) -> bytes | None:
 
 def flow_key(packet: bytes) -> FlowKey | None:
     raw = flow_bytes(packet)
-    if raw is None:
-        return None
-    src = inet_ntoa(raw[1:5])
-    dst = inet_ntoa(raw[5:9])
-    sport = int.from_bytes(raw[9:11], "big") if len(raw) >= 13 else 0
-    dport = int.from_bytes(raw[11:13], "big") if len(raw) >= 13 else 0
-    return FlowKey(src, dst, raw[0], sport, dport, packet[1] >> 2)
+    return None if raw is None else key_of(raw, packet[1] >> 2)
+
+
+_PORTS = Struct("!HH")
+_NAMES: dict[bytes, str] = {}  # address bytes -> text: a node's flows go to and come from few hosts
+
+
+def key_of(raw: bytes, dscp: int) -> FlowKey:
+    """The FlowKey of `flow_bytes` (a new flow on the packet path: thousands a second)."""
+    names = _NAMES
+    src, dst = raw[1:5], raw[5:9]
+    src_name, dst_name = names.get(src), names.get(dst)
+    if src_name is None or dst_name is None:
+        if len(names) >= 4096:
+            names.clear()
+        src_name = names[src] = inet_ntoa(src)
+        dst_name = names[dst] = inet_ntoa(dst)
+    sport, dport = _PORTS.unpack_from(raw, 9) if len(raw) >= 13 else (0, 0)
+    return FlowKey(src_name, dst_name, raw[0], sport, dport, dscp)
 
 
 def destination(packet: bytes) -> int:

@@ -24,6 +24,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from topomirror.analysis.metadata import may_carry_metadata
 from topomirror.dataplane import native
 from topomirror.dataplane.batch import UdpIO
 from topomirror.dataplane.engine import (
@@ -36,7 +37,7 @@ from topomirror.dataplane.engine import (
     PathRoute,
     PeerLink,
 )
-from topomirror.dataplane.packet import FlowKey, flow_bytes, flow_key
+from topomirror.dataplane.packet import FlowKey, flow_bytes, key_of
 from topomirror.dataplane.rules import DecisionHook, FlowDecision, static_hook
 from topomirror.node.config import NodeConfig, peer_key
 from topomirror.topology.budget import (
@@ -176,6 +177,7 @@ class Node:
                 if snapshot:
                     resumed = self.controller.restore(snapshot)
                     log.info("restored the model and %d protected flows from %s", resumed, self.store.path)
+        self._native_new_flows()
         self.tun_fd: int | None = None
         self.sock: socket.socket | None = None
         self.udp: UdpIO | None = None
@@ -209,9 +211,8 @@ class Node:
     def _new_flow(self, raw: bytes, packet: bytes, now: float) -> FlowEntry:
         # Thousands of new flows/s: no formatting, no parsing beyond the 5-tuple, no log line
         # (a rate: topomirror_flows_created on /metrics).
-        key = flow_key(packet)
+        key = key_of(raw, packet[1] >> 2)
         peer = self._lookup_peer(packet)
-        assert key is not None
         self._flow_ids += 1
         if peer is None:
             decision, mirror = _NO_PEER, None
@@ -239,18 +240,39 @@ class Node:
         log.debug("new flow %s: %s", key, decision.reason)
         return decision, mirror
 
+    def _native_new_flows(self) -> None:
+        """Under an adaptive policy a new flow's first packet goes on the standard path only (the
+        controller decides on its tick): the native loop sends it so, before Python sees it, and
+        hands it up already sent (`_sent_packet`). Under static rules the hook decides on the
+        first packet, which may be mirrored: every new flow comes up unsent."""
+        tx = self.engine.tx
+        if tx is None:
+            return
+        table = tuple((network, mask, peer.sealer, (peer.standard.address[0], peer.standard.address[1],
+                                                     peer.standard.path_id, peer.standard.channel))
+                      for network, mask, peer in self._prefix_ints
+                      if peer.sealer is not None and peer.standard is not None)
+        if self.controller is None or len(table) != len(self._prefix_ints):
+            tx.new_flows(None, ())
+        else:
+            tx.new_flows(self.flows, table)
+
     def _on_tun(self) -> None:
         assert self.tun_fd is not None and self.udp is not None
         now, now_us = self._now()
         engine = self.engine
         out: list[tuple[bytes, tuple[str, int]]] = []
         if engine.tx is not None:
-            # The native loop seals and sends the packets of the flows handed down to it; the
-            # rest (new flows, first packets, flows a policy watches or budgets) come up here.
-            slow, touched, counts = engine.tx.pump(self.tun_fd, self.udp.sock.fileno(), BATCH, self.tun_mtu, now_us)
+            # The native loop seals and sends the packets of the flows handed down to it, and the
+            # first packets of new flows under an adaptive policy (`fresh`, already sent); the
+            # rest (flows a policy watches or budgets, packets 2-4 for analysis) come up here.
+            slow, fresh, touched, counts = engine.tx.pump(self.tun_fd, self.udp.sock.fileno(), BATCH,
+                                                          self.tun_mtu, now_us)
             engine.pumped(counts, self.udp.stats, self.udp.errors)
             if touched:
                 self._account(touched, now)
+            if fresh:
+                self._sent_packets(fresh, now)
             for packet in slow:
                 self._tun_packet(packet, now, now_us, out)
         else:
@@ -285,14 +307,7 @@ class Node:
             return
         controller = self.controller
         if flow.packets <= 4 and controller is not None:
-            # First packets go to analysis off the packet path: bounded, drop-and-count; it
-            # runs as soon as this batch is sent (an announcement is worth milliseconds).
-            if len(self.analysis_queue) < 1024:
-                if not self.analysis_queue and self.loop is not None:
-                    self.loop.call_soon(self._analysis_tick)
-                self.analysis_queue.append((flow.flow_id, packet))
-            else:
-                self.analysis_dropped += 1
+            self._analyse(flow.flow_id, packet)
         assert peer.standard is not None
         routes = [peer.standard]
         self.bytes_original += len(packet)
@@ -315,6 +330,42 @@ class Node:
             engine.tx.flows[raw] = native.fast.FastFlow(  # type: ignore[union-attr]
                 flow, tuple(routes), peer.sealer,
                 tuple((r.address[0], r.address[1], r.path_id, r.channel) for r in routes))
+
+    def _sent_packets(self, fresh: list[tuple[bytes, bytes]], now: float) -> None:
+        """Packets of flows new to the table that the native loop sent on their peer's standard
+        path: the flow table, analysis and accounting of `_tun_packet`, without the send."""
+        flows = self.flows
+        total = 0
+        for raw, packet in fresh:
+            flow = flows.get(raw)
+            if flow is None:
+                flow = self._new_flow(raw, packet, now)
+            size = len(packet)
+            total += size
+            flow.packets += 1
+            flow.bytes += size
+            flow.last_seen = now
+            if flow.packets <= 4:
+                self._analyse(flow.flow_id, packet)
+            route = flow.peer.standard  # type: ignore[union-attr]  # the native loop found its peer
+            route.last_sent = now  # type: ignore[union-attr]
+            route.packets += 1  # type: ignore[union-attr]
+            route.bytes += size  # type: ignore[union-attr]
+        self.bytes_original += total
+        self.budget.record_original(total)
+
+    def _analyse(self, flow_id: int, packet: bytes) -> None:
+        """First packets go to analysis off the packet path: bounded, drop-and-count; it runs
+        as soon as this batch is sent (an announcement is worth milliseconds). Packets no
+        extractor reads (no payload yet, UDP on a port without a parser) are not queued."""
+        if not may_carry_metadata(packet):
+            return
+        if len(self.analysis_queue) < 1024:
+            if not self.analysis_queue and self.loop is not None:
+                self.loop.call_soon(self._analysis_tick)
+            self.analysis_queue.append((flow_id, packet))
+        else:
+            self.analysis_dropped += 1
 
     def _account(self, touched: list, now: float) -> None:  # type: ignore[type-arg]
         """What the native loop sent for each flow since the last wake-up, into the flow table,

@@ -125,3 +125,40 @@ def test_fast_path_agrees_with_general_parser(header: bytes, proto: int, rest: b
     if header[1] & 1:
         packet[7] = 0
     assert parse_ip_packet(bytes(packet)) == parse_ip_packet_general(bytes(packet))
+
+
+def _says_nothing(metadata: Metadata | None) -> bool:
+    return metadata is None or (metadata.app_protocol is None and metadata.announced_bytes is None)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    payload=st.sampled_from(INTERESTING_PREFIXES + [packets.dns_query("a.example", 1), b"x"]),
+    rest=st.binary(max_size=200),
+    proto=st.sampled_from([PROTO_TCP, PROTO_UDP]),
+    ports=st.sampled_from([(40000, 80), (40000, 53), (53, 40000), (5353, 5353), (40000, 20000), (1234, 443)]),
+    cut=st.integers(0, 300),
+    data=st.data(),
+)
+def test_what_the_analysis_filter_drops_extract_finds_nothing_in(payload: bytes, rest: bytes, proto: int,
+                                                                 ports: tuple[int, int], cut: int,
+                                                                 data: st.DataObject) -> None:
+    from topomirror.analysis.metadata import extract_packet, may_carry_metadata
+
+    build = packets.ipv4_tcp if proto == PROTO_TCP else packets.ipv4_udp
+    packet = bytearray(build(payload + rest, sport=ports[0], dport=ports[1]))
+    for _ in range(data.draw(st.integers(0, 3))):  # now and then a corrupted header byte
+        packet[data.draw(st.integers(0, len(packet) - 1))] = data.draw(st.integers(0, 255))
+    packet = packet[:max(cut, 0)] if cut < len(packet) else packet
+    if not may_carry_metadata(bytes(packet)):
+        assert _says_nothing(extract_packet(bytes(packet)))
+
+
+def test_the_analysis_filter_keeps_what_extract_reads() -> None:
+    from topomirror.analysis.metadata import may_carry_metadata
+
+    for packet in VALID_PACKETS:
+        assert may_carry_metadata(packet)
+    assert not may_carry_metadata(packets.ipv4_tcp(b""))  # a handshake segment
+    assert not may_carry_metadata(packets.ipv4_udp(b"topomirror-flowgen", dport=20000))
+    assert may_carry_metadata(packets.ipv4_udp(packets.dns_query("a.example", 1), dport=53))

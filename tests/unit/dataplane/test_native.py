@@ -275,8 +275,8 @@ def test_the_native_send_loop_carries_registered_flows_and_hands_back_the_rest(u
         [(first, _), (_mirror_first, _)] = a.encapsulate(peer, routes, _udp_packet(5000, b"first"), 1.0, 1_000_000)
         for packet in (fast_packets[0], other, *fast_packets[1:]):
             tun_app.send(packet)
-        slow, touched, counts = a.tx.pump(tun_node.fileno(), a_sock.fileno(), 64, 1400, 1_000_100)
-        assert slow == [other]
+        slow, fresh, touched, counts = a.tx.pump(tun_node.fileno(), a_sock.fileno(), 64, 1400, 1_000_100)
+        assert slow == [other] and fresh == []  # new flows come up unsent unless new_flows is on
         assert touched == [a.tx.flows[flow_bytes(fast_packets[0])]] and touched[0].entry is flow
         assert touched[0].take() == (3, sum(len(p) for p in fast_packets)) and touched[0].take() == (0, 0)
         assert counts[4:] == (3, 6, 2 * sum(len(p) for p in fast_packets))  # packets, copies, bytes
@@ -288,6 +288,48 @@ def test_the_native_send_loop_carries_registered_flows_and_hands_back_the_rest(u
         [report] = b.peers[1].meters.build(100).paths  # type: ignore[union-attr]
         assert (report.packets, report.lost, report.reordered) == (4, 0, 0)
         assert len(_waiting(r_sock)) == 3  # every packet the loop sent also went the mirror way
+
+
+def test_the_send_loop_sends_new_flows_on_the_standard_path_and_hands_them_up_sent(udp: Udp) -> None:
+    # Under an adaptive policy: a flow the daemon's table does not hold goes out on its peer's
+    # standard path at once; one the table holds (Python decides per packet) and a destination no
+    # peer owns come up unsent.
+    from topomirror.dataplane.packet import flow_bytes
+
+    assert fast is not None
+    b_sock, r_sock, a_sock = udp(), udp(), udp()
+    tun_app, tun_node = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    tun_node.setblocking(False)
+    with tun_app, tun_node:
+        a, b = _engines(b_sock.getsockname(), r_sock.getsockname())
+        assert a.tx is not None
+        peer = a.peers[2]
+        std = peer.standard
+        assert std is not None and peer.sealer is not None
+        known: dict[bytes, object] = {}
+        a.tx.new_flows(known, ((0xAC100200, 0xFFFFFF00, peer.sealer,
+                                (std.address[0], std.address[1], std.path_id, std.channel)),))
+        held = _udp_packet(5001, b"python decides")
+        known[flow_bytes(held)] = object()  # the daemon's table holds this flow
+        new = [_udp_packet(6000, b"new-1"), _udp_packet(6001, b"new-2"), _udp_packet(6000, b"new-1 again")]
+        nowhere = bytearray(_udp_packet(6002, b"no peer"))
+        nowhere[16:20] = bytes([10, 9, 9, 9])
+        for packet in (new[0], held, new[1], bytes(nowhere), new[2]):
+            tun_app.send(packet)
+        slow, fresh, touched, counts = a.tx.pump(tun_node.fileno(), a_sock.fileno(), 64, 1400, 2_000_000)
+        assert slow == [held, bytes(nowhere)] and touched == []
+        assert fresh == [(flow_bytes(p), p) for p in new]
+        assert counts[4:] == (3, 3, sum(len(p) for p in new))  # one copy each: the standard path only
+        assert a.last_seq(peer) == 3
+        arrived = _waiting(b_sock)
+        assert [b.receive(d, 2.0, 2_000_100 + i)[:2] for i, d in enumerate(arrived)] == [(DELIVER, p) for p in new]
+        assert _waiting(r_sock) == []  # nothing went the mirror way
+        a.tx.new_flows(None, ())  # off: new flows come up unsent again
+        tun_app.send(new[0])
+        slow, fresh, _, _ = a.tx.pump(tun_node.fileno(), a_sock.fileno(), 64, 1400, 2_000_200)
+        assert slow == [new[0]] and fresh == []
+    with pytest.raises(ValueError, match="32-bit network"):
+        a.tx.new_flows({}, ((0xAC100201, 0xFFFFFF00, peer.sealer, ("127.0.0.1", 9, 0, 0)),))
 
 
 def test_a_datagram_behind_a_control_message_waits_for_it_in_order(udp: Udp) -> None:
