@@ -235,14 +235,17 @@ def test_a_core_link_failure_is_noticed_fast_mirrored_around_both_ways_and_lost_
         thread.join()
     h1, h3 = decisions(lab, "h1"), decisions(lab, "h3")
     silent = [(at - failed, reason) for at, _, kind, reason in h1 if kind == "path_silent" and at > failed]
-    told = [at - failed for at, _, kind, reason in h3 if kind == "path_silent" and "h1 says" in reason]
+    # h3 mirrors its answers either because h1 told it or because it noticed by itself first (the
+    # answers' requests stop arriving too); which one wins is a race of a few ms. Being told when
+    # it already knows is not recorded (the unit tests cover the telling itself).
+    h3_silent = [(at - failed, reason) for at, _, kind, reason in h3 if kind == "path_silent" and at > failed]
     resent = [reason for at, _, kind, reason in h1 + h3 if kind == "resent" and at > failed]
     # At 200 requests/s h3's answers come every few ms: their stop is noticed long before the
     # 200 ms without a report that is the fallback.
-    print(json.dumps({"silent": silent, "told": told, "resent": resent, "p99_ms": result["p99_ms"],
+    print(json.dumps({"silent": silent, "h3_silent": h3_silent, "resent": resent, "p99_ms": result["p99_ms"],
                       "max_ms": result["max_ms"], "errors": result["errors"]}))
     assert silent and silent[0][0] < 0.15 and "nothing from h3" in silent[0][1], silent
-    assert told and told[0] < 0.25, "h1 told h3, which mirrored its answers without noticing by itself"
+    assert h3_silent and h3_silent[0][0] < 0.25, f"h3 did not mirror its answers in time: {h3_silent}"
     assert resent, "what went out in the silence was sent again on the mirror paths"
     # The half-second outage costs a request at most about the time to notice it. (A bound, not
     # the re-send's proof: four runs with it gave a slowest request of 102-127 ms, one run without

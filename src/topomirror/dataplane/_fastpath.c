@@ -9,7 +9,9 @@
  * handle itself (FEEDBACK, PROBE, CONTROL, a new epoch, an unknown sender) back to
  * `Engine.receive`, in order. On the send side, `FastTx.pump` reads the TUN and seals (`Sealer`,
  * which also keeps the session and path sequence counters) and sends the packets of the flows the
- * daemon registered, in UDP GSO runs per next hop; every other packet goes back to the daemon.
+ * daemon registered, in UDP GSO runs per next hop, and under an adaptive policy the packets of
+ * flows new to the daemon's table on their peer's standard path (handed up already sent, for the
+ * flow table and the decision); every other packet goes back to the daemon.
  *
  * No policy lives here: what to mirror, when and where stays in Python.
  */
