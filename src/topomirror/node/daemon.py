@@ -52,6 +52,7 @@ from topomirror.wire.messages import Control, Feedback, Probe
 
 log = logging.getLogger("topomirror.node")
 BATCH = 64
+NATIVE_PREFIXES = 256  # MAX_PREFIXES in _fastpath.c
 RECENT_PACKETS = 256  # per flow a policy might mirror, at most: sent again when its path falls silent
 _NO_PEER = FlowDecision(None, "no peer owns the destination")
 
@@ -252,8 +253,8 @@ class Node:
                                                      peer.standard.path_id, peer.standard.channel))
                       for network, mask, peer in self._prefix_ints
                       if peer.sealer is not None and peer.standard is not None)
-        if self.controller is None or len(table) != len(self._prefix_ints):
-            tx.new_flows(None, ())
+        if self.controller is None or len(table) != len(self._prefix_ints) or len(table) > NATIVE_PREFIXES:
+            tx.new_flows(None, ())  # (more peer prefixes than the C table holds: Python sends them)
         else:
             tx.new_flows(self.flows, table)
 

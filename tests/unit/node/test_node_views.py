@@ -69,3 +69,20 @@ def test_the_flow_table_expires_in_slices_short_flows_first_and_the_controller_f
     for _ in range(5):
         node.expire_flows(timers.flow_idle_s + 1)
     assert node.flows == {} and node.flows_by_id == {} and node.controller.flows == {}
+
+
+def test_packets_the_native_loop_sent_for_new_flows_enter_the_table_analysis_and_accounts(node: Node) -> None:
+    # Under an adaptive policy the native loop sends a new flow's first packets on the standard
+    # path and hands them up already sent: the daemon does everything but the send.
+    assert node.controller is not None
+    dns, other = _udp(5000, 53), _udp(5001, 9)
+    node._sent_packets([(flow_bytes(dns), dns), (flow_bytes(other), other), (flow_bytes(dns), dns)], 1.0)  # type: ignore[list-item]
+    first, second = node.flows[flow_bytes(dns)], node.flows[flow_bytes(other)]  # type: ignore[index]
+    assert (first.packets, first.bytes, second.packets) == (2, 2 * len(dns), 1)
+    assert {first.flow_id, second.flow_id} <= set(node.controller.flows)
+    # Only what an extractor reads is queued for analysis (a DNS port; not UDP port 9).
+    assert [flow_id for flow_id, _ in node.analysis_queue] == [first.flow_id, first.flow_id]
+    assert first.peer is not None and first.peer.standard is not None
+    assert (first.peer.standard.packets, first.peer.standard.bytes) == (3, 2 * len(dns) + len(other))
+    assert node.bytes_original == 2 * len(dns) + len(other) and node.bytes_extra == 0
+    assert node.budget.original_bytes == node.bytes_original
