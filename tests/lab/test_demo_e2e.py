@@ -31,6 +31,7 @@ def test_predictive_beats_off_on_p99_and_costs_less_than_always(demo) -> None:  
         assert {"rpc_p50_ms", "rpc_p99_ms", "rpc_p999_ms", "bulk_goodput_mbps", "extra_bytes_pct", "sessions",
                 "lead_time_ms"} <= set(summary)
         assert summary["rpc_count"] > 1000
+        assert 0.0 <= summary["cpu_steal_pct"] <= 100.0  # the machine's, read beside every run
     off, always, predictive = policies["off"], policies["always"], policies["predictive"]
     print(json.dumps(policies, indent=1))
     assert predictive["rpc_p99_ms"] < off["rpc_p99_ms"], "prediction must cut the RPC tail"

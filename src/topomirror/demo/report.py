@@ -17,7 +17,8 @@ COLOURS = {"uncongested": "#9ca3af", "off": "#dc2626", "always": "#2563eb", "rea
            "predictive": "#059669"}
 COLUMNS = (("rpc_p50_ms", "RPC p50 (ms)"), ("rpc_p99_ms", "RPC p99 (ms)"), ("rpc_p999_ms", "RPC p99.9 (ms)"),
            ("bulk_goodput_mbps", "bulk goodput (Mbit/s)"), ("extra_bytes_pct", "extra bytes (%)"),
-           ("sessions", "mirror sessions"), ("lead_time_ms", "median lead time (ms)"))
+           ("sessions", "mirror sessions"), ("lead_time_ms", "median lead time (ms)"),
+           ("cpu_steal_pct", "CPU steal (%)"))
 
 
 def _svg(figure: Any) -> str:

@@ -41,7 +41,9 @@ Progress = Callable[[str, float], None]
 COLUMNS_HELP = (
     "How to read it: lower RPC latency is better; 'uncongested' is the same RPC load with no bulk transfer.\n"
     "extra bytes = duplicate copies as a share of all bytes the nodes sent; lead time = how long before the\n"
-    "standard path degraded a mirror session was already open (predictive only)."
+    "standard path degraded a mirror session was already open (predictive only); CPU steal = share of this\n"
+    "machine's CPU time the hypervisor gave to others during the run: where it is high, the RPC tail measured\n"
+    "the machine more than the policy."
 )
 
 
@@ -77,6 +79,29 @@ class PolicyRun:
     source_sessions: list[dict[str, Any]] = field(default_factory=list)  # h1's (the RPC client's node)
     started_monotonic: float = 0.0
     started_wall: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)  # the machine's CPU over the workload (cpu_shares)
+
+
+def cpu_times(stat: str | None = None) -> list[int]:
+    """The machine's CPU time counters (the `cpu` line of /proc/stat: user, nice, system, idle,
+    iowait, irq, softirq, steal, ...), in clock ticks."""
+    text = stat if stat is not None else Path("/proc/stat").read_text()
+    fields = text.split("\n", 1)[0].split()
+    if not fields or fields[0] != "cpu":
+        raise ValueError("not /proc/stat: its first line is the 'cpu' total")
+    return [int(x) for x in fields[1:]]
+
+
+def cpu_shares(before: list[int], after: list[int]) -> dict[str, float]:
+    """Idle and steal time between two `cpu_times` readings, in % of all CPU time. Steal is time
+    the hypervisor gave this VM's CPUs to someone else: a run with much of it measured the machine
+    more than the policy (its RPC tail follows the steal, not the network)."""
+    delta = [b - a for a, b in zip(before, after, strict=False)]
+    total = sum(delta[:8])
+    if total <= 0:
+        return {"idle_pct": 0.0, "steal_pct": 0.0}
+    steal = delta[7] if len(delta) > 7 else 0
+    return {"idle_pct": round(100 * (delta[3] + delta[4]) / total, 1), "steal_pct": round(100 * steal / total, 1)}
 
 
 def policy_spec(base: LabSpec, policy: str, name: str) -> LabSpec:
@@ -125,6 +150,7 @@ def run_policy(base: LabSpec, policy: str, plan_schedule: Schedule, *, congested
                       "--timeout", "3", "--timeline"]
             run.started_monotonic = time.monotonic()
             run.started_wall = time.time()
+            cpu_before = cpu_times()
             with in_node(plan, "h1", client) as rpc_proc:
                 threads: list[threading.Thread] = []
                 events: list[tuple[float, Callable[[], None]]] = []
@@ -155,6 +181,7 @@ def run_policy(base: LabSpec, policy: str, plan_schedule: Schedule, *, congested
                     thread.start()
                     threads.append(thread)
                 out, err = rpc_proc.communicate(timeout=plan_schedule.seconds + 30)
+                run.cpu = cpu_shares(cpu_before, cpu_times())
                 for thread in threads:
                     thread.join(timeout=60)
             try:
@@ -201,6 +228,7 @@ def summarize(run: PolicyRun) -> dict[str, Any]:
         "sessions": sum(n.get("sessions_opened", 0) for n in run.nodes.values()),
         # Lead time is a property of prediction: how long before the path degraded the mirror was up.
         "lead_time_ms": round(statistics.median(leads), 1) if leads and run.policy == "predictive" else None,
+        "cpu_steal_pct": run.cpu.get("steal_pct"),
     }
 
 

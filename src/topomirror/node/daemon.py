@@ -52,6 +52,7 @@ from topomirror.wire.messages import Control, Feedback, Probe
 
 log = logging.getLogger("topomirror.node")
 BATCH = 64
+TIMER_SLOW_MS = 2.0  # a timer run longer than this holds every packet that arrives meanwhile
 NATIVE_PREFIXES = 256  # MAX_PREFIXES in _fastpath.c
 RECENT_PACKETS = 256  # per flow a policy might mirror, at most: sent again when its path falls silent
 _NO_PEER = FlowDecision(None, "no peer owns the destination")
@@ -188,6 +189,8 @@ class Node:
         self.probes_sent = 0
         self.timer_errors = 0
         self.timer_slowest_ms: dict[str, float] = {}  # longest run of each timer (it blocks the loop)
+        self.timer_slow_runs: dict[str, int] = {}  # runs over TIMER_SLOW_MS, and their time in all
+        self.timer_slow_ms: dict[str, float] = {}
 
     # -- clocks --------------------------------------------------------------------------
     def _now(self) -> tuple[float, int]:
@@ -790,6 +793,9 @@ class Node:
             took_ms = (time.perf_counter() - started) * 1000
             if took_ms > self.timer_slowest_ms.get(name, 0.0):
                 self.timer_slowest_ms[name] = round(took_ms, 2)
+            if took_ms > TIMER_SLOW_MS:
+                self.timer_slow_runs[name] = self.timer_slow_runs.get(name, 0) + 1
+                self.timer_slow_ms[name] = round(self.timer_slow_ms.get(name, 0.0) + took_ms, 2)
             await asyncio.sleep(seconds)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -869,6 +875,7 @@ class Node:
             "relay_vcs": len(self.engine.vcs), "probes_sent": self.probes_sent,
             "policy": self.config.adaptive.policy, "analysis_dropped": self.analysis_dropped,
             "timer_errors": self.timer_errors, "timer_slowest_ms": dict(self.timer_slowest_ms),
+            "timer_slow_runs": dict(self.timer_slow_runs), "timer_slow_ms": dict(self.timer_slow_ms),
             # Collections per generation (pause times would need gc.callbacks, which cost the
             # packet loop several times what they measure).
             "gc": [stats["collections"] for stats in gc.get_stats()],

@@ -86,3 +86,20 @@ def test_packets_the_native_loop_sent_for_new_flows_enter_the_table_analysis_and
     assert (first.peer.standard.packets, first.peer.standard.bytes) == (3, 2 * len(dns) + len(other))
     assert node.bytes_original == 2 * len(dns) + len(other) and node.bytes_extra == 0
     assert node.budget.original_bytes == node.bytes_original
+
+
+def test_status_counts_the_timer_runs_that_held_the_packet_loop(node: Node) -> None:
+    import asyncio
+
+    from topomirror.node import daemon
+
+    def slow_tick() -> None:
+        node._stop.set()  # one run, then the loop ends
+        deadline = daemon.time.perf_counter() + 2 * daemon.TIMER_SLOW_MS / 1000
+        while daemon.time.perf_counter() < deadline:
+            pass
+
+    asyncio.run(node._every(0.001, slow_tick))
+    status = node.status()
+    assert status["timer_slow_runs"] == {"slow_tick": 1}
+    assert status["timer_slow_ms"]["slow_tick"] >= 2 * daemon.TIMER_SLOW_MS  # type: ignore[index]
