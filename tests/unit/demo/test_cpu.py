@@ -22,3 +22,20 @@ def test_this_machines_counters_read_and_a_wrong_file_is_refused() -> None:
     assert len(now) >= 8 and all(x >= 0 for x in now)
     with pytest.raises(ValueError, match="/proc/stat"):
         cpu_times("intr 1 2 3\n")
+
+
+def test_the_verdict_says_whether_the_machine_was_quiet_for_the_uncongested_ratio() -> None:
+    from topomirror.demo.runner import verdict
+
+    def summary(p99: float, extra: float, steal: float | None) -> dict[str, float | None]:
+        return {"rpc_p99_ms": p99, "extra_bytes_pct": extra, "cpu_steal_pct": steal}
+
+    result = {"uncongested": summary(4.0, 0.0, 1.0),
+              "policies": {"off": summary(1200.0, 0.0, 2.0), "always": summary(5.0, 90.0, 1.0),
+                           "reactive": summary(70.0, 6.0, 1.0), "predictive": summary(6.0, 10.0, 2.0)}}
+    out = verdict(result)
+    assert out["predictive_p99_over_uncongested"] == 1.5 and out["quiet_machine_for_the_ratio"] is True
+    result["uncongested"]["cpu_steal_pct"] = 28.3  # the reference run lost a quarter of the CPU
+    assert verdict(result)["quiet_machine_for_the_ratio"] is False
+    result["uncongested"]["cpu_steal_pct"] = None  # an older run without the reading
+    assert verdict(result)["quiet_machine_for_the_ratio"] is False
