@@ -138,6 +138,10 @@ class Adaptive(BaseModel):
     duplication_share: float = Field(default=0.10, ge=0.0, lt=1.0,
                                      description="copies at most this share of all bytes sent (copies included)")
     session_rate_mbit: float = Field(default=50.0, gt=0)
+    protect_hold_s: float = Field(
+        default=3.0, gt=0, le=600,
+        description="keep a mirror session this long after its standard path recovered and the mirror "
+                    "stopped winning (hysteresis before teardown)")
 
 
 class NodeConfig(BaseModel):

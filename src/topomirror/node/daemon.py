@@ -993,6 +993,7 @@ def build_controller(config: NodeConfig):  # type: ignore[no-untyped-def]
     from topomirror.lab.spec import load_lab
     from topomirror.node.controller import Controller, ControllerSettings, Policy
     from topomirror.topology.graph import NetworkGraph
+    from topomirror.topology.session import AdaptationPolicy, SessionPolicy
 
     adaptive = config.adaptive
     graph = None
@@ -1004,7 +1005,8 @@ def build_controller(config: NodeConfig):  # type: ignore[no-untyped-def]
         session_rate_bps=adaptive.session_rate_mbit * 1e6)
     classifier = Classifier(ClassifierConfig.model_validate({"rules": adaptive.classes}))
     hosts = tuple(p.name for p in config.peers if not p.relay)
-    return Controller(config.name, settings, graph, classifier, host_peers=hosts)
+    sessions = SessionPolicy(adaptation=AdaptationPolicy(teardown_hold_s=adaptive.protect_hold_s))
+    return Controller(config.name, settings, graph, classifier, session_policy=sessions, host_peers=hosts)
 
 
 def run_node(config: NodeConfig, ready_file: Path | None = None) -> None:

@@ -213,7 +213,11 @@ class Verdict(enum.StrEnum):
 @dataclass(frozen=True)
 class AdaptationPolicy:
     min_dwell_s: float = 2.0  # no two adaptation changes (activation, re-route, teardown) closer than this
-    teardown_hold_s: float = 1.0  # standard recovered and mirror not winning, continuously, this long
+    # Standard recovered and mirror not winning, continuously, this long. What a mirror of the
+    # latency-sensitive flows a policy protects costs is their own (small) byte rate; ending it the
+    # moment one queue drained leaves them bare for the next transfer or a failure seconds later
+    # (docs/BENCHMARKS.md, the demo at 1 s and at 3 s). As long as the intent's lease.
+    teardown_hold_s: float = 3.0
     reroute_hold_s: float = 0.3  # mirror degraded, continuously, this long
     # Hysteresis: "recovered" is well below the ~2 ms queueing delay that makes the predictor mirror.
     recovered_delay_us: float = 500.0

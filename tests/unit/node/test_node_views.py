@@ -103,3 +103,12 @@ def test_status_counts_the_timer_runs_that_held_the_packet_loop(node: Node) -> N
     status = node.status()
     assert status["timer_slow_runs"] == {"slow_tick": 1}
     assert status["timer_slow_ms"]["slow_tick"] >= 2 * daemon.TIMER_SLOW_MS  # type: ignore[index]
+
+
+def test_the_protect_hold_of_the_config_is_the_controllers_teardown_hold(node: Node) -> None:
+    from topomirror.node.daemon import build_controller
+
+    assert node.controller is not None
+    assert node.controller.session_policy.adaptation.teardown_hold_s == node.config.adaptive.protect_hold_s == 3.0
+    longer = node.config.model_copy(update={"adaptive": node.config.adaptive.model_copy(update={"protect_hold_s": 7.5})})
+    assert build_controller(longer).session_policy.adaptation.teardown_hold_s == 7.5
