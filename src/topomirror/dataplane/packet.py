@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from socket import inet_ntoa
 from struct import Struct
+from typing import NamedTuple
 
 TCP, UDP, ICMP = 6, 17, 1
 
 
-@dataclass(frozen=True, slots=True)
-class FlowKey:
-    """A flow in one direction: the 5-tuple (ports are 0 for protocols without them)."""
+class FlowKey(NamedTuple):
+    """A flow in one direction: the 5-tuple (ports are 0 for protocols without them). A named
+    tuple: immutable and hashable like a frozen dataclass, and a third of its cost to build (one
+    per new flow, thousands a second)."""
 
     src: str
     dst: str
