@@ -130,6 +130,8 @@ class Node:
                              skew_us=timers.dedup_skew_ms * 1000, max_inner=self.tun_mtu)
         self.hook = hook or static_hook(config.filters)
         self._controller_decides = FlowDecision(None, f"policy {config.adaptive.policy}: the controller decides")
+        # The flow table. The native send loop holds this very dict (`_native_new_flows`): a flow
+        # it does not hold is new and goes out on the standard path. Mutate it; never rebind it.
         self.flows: dict[bytes, FlowEntry] = {}
         self.prefixes: list[tuple[ipaddress.IPv4Network, PeerLink]] = []
         for peer in config.peers:
@@ -247,7 +249,7 @@ class Node:
     def _native_new_flows(self) -> None:
         """Under an adaptive policy a new flow's first packet goes on the standard path only (the
         controller decides on its tick): the native loop sends it so, before Python sees it, and
-        hands it up already sent (`_sent_packet`). Under static rules the hook decides on the
+        hands it up already sent (`_sent_packets`). Under static rules the hook decides on the
         first packet, which may be mirrored: every new flow comes up unsent."""
         tx = self.engine.tx
         if tx is None:
