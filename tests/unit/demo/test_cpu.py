@@ -13,7 +13,8 @@ def test_steal_and_idle_are_shares_of_all_cpu_time_between_two_readings() -> Non
     before = cpu_times(STAT.format(100, 50, 1000, 0, 10, 0))
     after = cpu_times(STAT.format(300, 150, 1500, 100, 30, 300))
     # deltas: user 200, system 100, idle 500, iowait 100, softirq 20, steal 300: 1,220 in all
-    assert cpu_shares(before, after) == {"idle_pct": round(100 * 600 / 1220, 1), "steal_pct": round(100 * 300 / 1220, 1)}
+    assert cpu_shares(before, after) == {"idle_pct": round(100 * 600 / 1220, 1),
+                                         "steal_pct": round(100 * 300 / 1220, 1)}
     assert cpu_shares(after, after) == {"idle_pct": 0.0, "steal_pct": 0.0}
 
 

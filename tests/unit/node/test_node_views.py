@@ -110,5 +110,6 @@ def test_the_protect_hold_of_the_config_is_the_controllers_teardown_hold(node: N
 
     assert node.controller is not None
     assert node.controller.session_policy.adaptation.teardown_hold_s == node.config.adaptive.protect_hold_s == 3.0
-    longer = node.config.model_copy(update={"adaptive": node.config.adaptive.model_copy(update={"protect_hold_s": 7.5})})
+    adaptive = node.config.adaptive.model_copy(update={"protect_hold_s": 7.5})
+    longer = node.config.model_copy(update={"adaptive": adaptive})
     assert build_controller(longer).session_policy.adaptation.teardown_hold_s == 7.5
