@@ -126,6 +126,16 @@ def _send_raw(lab, datagrams: list[bytes], to: str, port: int = 4789) -> None:  
                    input="\n".join(d.hex() for d in datagrams), text=True, check=True)
 
 
+def _not_a_header(datagram: bytes) -> bool:
+    from topomirror.wire.header import MalformedHeader, unpack_header
+
+    try:
+        unpack_header(datagram)
+    except MalformedHeader:
+        return True
+    return False
+
+
 def test_forged_replayed_truncated_and_garbage_packets_are_dropped(make_lab) -> None:  # type: ignore[no-untyped-def]
     from topomirror.wire.crypto import derive, seal
     from topomirror.wire.header import Header, MessageType
@@ -149,7 +159,10 @@ def test_forged_replayed_truncated_and_garbage_packets_are_dropped(make_lab) -> 
     delta = {k: after["drops"][k] - before["drops"][k] for k in after["drops"]}
     assert delta["auth_failed"] >= 20 + 5, delta  # forged, and the truncated unseen ones
     assert delta["replay"] >= 5 + 2, delta  # re-sent captures, and the cut captures
-    assert delta["malformed"] >= 1 + len(garbage) - 1, delta  # random bytes may pass the version check
+    # The header check refuses what is not a v1 header; a random datagram passes it now and then
+    # (1 in 16 for the version, then the type), and the last one is built to: those fail later.
+    refused = sum(1 for g in garbage if _not_a_header(g))
+    assert refused >= 2 and delta["malformed"] >= 1 + refused, (refused, delta)
     # Nothing of it reached the TUN: delivered grew only by what real pings carried.
     assert after["counters"]["delivered"] - before["counters"]["delivered"] <= 2
     res = lab.exec("h1", "ping", "-c", "3", "-i", "0.1", "-W", "1", H2_OVERLAY)
