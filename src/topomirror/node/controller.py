@@ -163,6 +163,9 @@ class Controller:
         self.decisions: list[Decision] = []
         self._session_ids = itertools.count(1)
         self.lead_times_ms: list[float] = []
+        # Connections whose other direction a peer mirrors: our flow's name -> (peer, until). A
+        # session covers both directions: a failure then finds the requests on two paths too.
+        self.peer_protected: dict[str, tuple[str, float]] = {}
         self._pending_onset: dict[str, float] = {}  # peer -> time a session opened on a healthy path
         self._queued: list[Action] = []
         self.sessions_opened = 0
@@ -264,6 +267,37 @@ class Controller:
         peers = tuple(sorted(p for p in self._host_peers() if p != info.peer)) + (info.peer,)
         return [Announce(peers, hops, announced, duration_ms, reason)]
 
+    def protected_directions(self, now: float) -> list[tuple[str, str]]:
+        """(peer, name of the other direction of the flow) for every active session: what this
+        node asks its peers to mirror too while the session lives (`peer_protects` there)."""
+        out: list[tuple[str, str]] = []
+        if self.settings.policy is not Policy.PREDICTIVE:
+            return out
+        for session_id, session in self.sessions.items():
+            info = self.flows.get(self.session_flow.get(session_id, -1))
+            # A session kept only because the peer protects the other direction asks nothing back
+            # (or the two would keep each other up for ever).
+            if info is not None and session.state is SessionState.ACTIVE and not self._kept_for_peer(session_id, now):
+                key = info.key
+                out.append((info.peer, str(type(key)(key.dst, key.src, key.proto, key.dport, key.sport, key.dscp))))
+        return out
+
+    def _peer_protection(self, info: FlowInfo, now: float) -> bool:
+        protected = self.peer_protected.get(str(info.key))
+        return protected is not None and protected[0] == info.peer and protected[1] > now
+
+    def _kept_for_peer(self, session_id: int, now: float) -> bool:
+        info = self.flows.get(self.session_flow.get(session_id, -1))
+        return info is not None and self.settings.policy is Policy.PREDICTIVE and self._peer_protection(info, now)
+
+    def peer_protects(self, peer: str, flow: str, until: float, now: float) -> None:
+        """`peer` mirrors the other direction of our flow named `flow` until `until` (renewed
+        while its session lives): under the predictive policy, mirror this direction too."""
+        self.peer_protected[flow] = (peer, until)
+        if len(self.peer_protected) > 4096:  # expired entries go when the table grows
+            for name in [n for n, (_, u) in self.peer_protected.items() if u <= now]:
+                del self.peer_protected[name]
+
     def announcement(self, source: str, hops: tuple[tuple[str, str, str], ...], nbytes: int, duration_ms: int,
                      now: float) -> None:
         until = now + duration_ms / 1000
@@ -348,7 +382,10 @@ class Controller:
             mirror = next((r for r in reports if r.path_id == self._session_path_id(session)), None)
             if standard is None or mirror is None:
                 continue
-            self._apply(session_id, session.observe(SessionFeedback.from_reports(standard, mirror), now), now)
+            transition = session.observe(SessionFeedback.from_reports(standard, mirror), now)
+            if transition.verdict is Verdict.TEARDOWN and self._kept_for_peer(session_id, now):
+                continue  # this direction is fine, but the peer mirrors the other: keep the connection whole
+            self._apply(session_id, transition, now)
 
     def _session_path_id(self, session: MirrorSession) -> int:
         plan = session.plan
@@ -437,6 +474,8 @@ class Controller:
                           f"{path.last_report.owd_avg_us / 1000:.1f} ms")
         if policy is Policy.REACTIVE:
             return False, "standard path healthy"
+        if self.peer_protected and self._peer_protection(info, now):
+            return True, f"{info.peer} mirrors the other direction of this connection"
         announced = self.announced_on_path(info.peer, now)
         forecast = path.forecast if path else None
         segment = self.graph.segment(self.me, info.peer) if self.graph is not None else None

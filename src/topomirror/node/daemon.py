@@ -54,6 +54,9 @@ log = logging.getLogger("topomirror.node")
 BATCH = 64
 TIMER_SLOW_MS = 2.0  # a timer run longer than this holds every packet that arrives meanwhile
 NATIVE_PREFIXES = 256  # MAX_PREFIXES in _fastpath.c
+# A node mirroring one direction of a connection asks the peer to mirror the other (CONTROL
+# `protect`), renewed this often with this lease while its session lives.
+PROTECT_EVERY_S, PROTECT_LEASE_MS = 0.5, 1500
 RECENT_PACKETS = 256  # per flow a policy might mirror, at most: sent again when its path falls silent
 _NO_PEER = FlowDecision(None, "no peer owns the destination")
 
@@ -159,6 +162,7 @@ class Node:
         self.flows_by_id: dict[int, FlowEntry] = {}
         self._expiry_keys: list[bytes] = []  # the pass of `_expire_flows` under way, and where it is
         self._expiry_at = 0
+        self._protect_due = 0.0  # next `protect` round (`_controller_tick`)
         self._sent_counts: dict[str, int] = {}  # peer -> data packets we sent it on the standard path, at the last tick
         self._heard_counts: dict[str, int] = {}  # peer -> packets from it on its standard path, at the last tick
         self.analysis_queue: deque[tuple[int, bytes]] = deque()
@@ -490,6 +494,13 @@ class Node:
                 if self.loop is not None:
                     self.loop.call_soon(self._controller_tick)  # mirror around it now
             return
+        elif message.op == "protect":
+            if self.controller is not None:
+                flow = json.loads(message.detail).get("flow") if message.detail else None
+                if isinstance(flow, str):
+                    lease = min(max(message.lease_ms, 100), 10_000) / 1000
+                    self.controller.peer_protects(peer.name, flow, now + lease, now)
+            return
         elif message.op == "announce":
             if self.controller is not None:
                 data = json.loads(message.detail)
@@ -635,6 +646,15 @@ class Node:
                     arrived = meter.total_packets - heard_counts.get(peer.name, 0)
                     heard_counts[peer.name] = meter.total_packets
                     controller.heard(peer.name, now, max(1, arrived))
+        if now >= self._protect_due:
+            self._protect_due = now + PROTECT_EVERY_S
+            for name, flow in controller.protected_directions(now):
+                peer = self.engine.peers_by_name.get(name)
+                if peer is not None and peer.standard is not None:
+                    message = Control("protect", 0, 0, lease_ms=PROTECT_LEASE_MS, detail=json.dumps({"flow": flow}))
+                    for datagram, address in self.engine.message(peer, MessageType.CONTROL, message,
+                                                                  self.engine.routes_to(peer), now, now_us):
+                        self._send(datagram, address)
         for action in controller.tick(now):
             if isinstance(action, InstallVC | RenewVC):
                 relay = self.engine.peers_by_name.get(action.relay)

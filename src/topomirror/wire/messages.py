@@ -44,8 +44,9 @@ class Feedback:
 @dataclass(frozen=True)
 class Control:
     """`op` is vc_install | vc_remove | ack | nack (relay virtual connections: idempotent, same
-    request, same result), announce (a bulk transfer on links) or silent (the standard path
-    between sender and receiver fell silent)."""
+    request, same result), announce (a bulk transfer on links), silent (the standard path
+    between sender and receiver fell silent) or protect (mirror the other direction of a
+    connection the sender mirrors, named in `detail`, for `lease_ms`)."""
 
     op: str
     request_id: int

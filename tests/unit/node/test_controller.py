@@ -372,3 +372,47 @@ def test_a_new_announcement_after_a_teardown_protects_again_at_once() -> None:
     ctl.announcement("h4", hops, 12_000_000, 1000, t + 0.2)  # a new transfer: not a flicker
     ctl.flow_seen(1, t + 0.2)
     assert [a for a in ctl.tick(t + 0.2) if isinstance(a, InstallVC)]
+
+
+def test_a_session_covers_both_directions_of_a_connection_and_ends_with_the_one_that_needed_it() -> None:
+    # h3 mirrors its answers (an announced transfer crosses its direction); it asks h1 to mirror
+    # the requests of the same connection, which h1 keeps while h3 asks, and not a moment longer.
+    h3 = controller(Policy.PREDICTIVE, me="h3")
+    h3.new_flow(1, RPC, "h1", 0.0)
+    h3.announcement("h4", (("h4-e2", "h4", "e2"), ("core", "e2", "e1"), ("h2-e1", "e1", "h2")), 15_000_000, 4000, 0.2)
+    _, now = _run_until_active(h3, 0.2)
+    request_direction = "tcp 172.16.1.1:40000 -> 172.16.3.1:7000"
+    assert h3.protected_directions(now) == [("h1", request_direction)]
+
+    h1 = controller(Policy.PREDICTIVE, me="h1")
+    h1.new_flow(1, FlowKey("172.16.1.1", "172.16.3.1", 6, 40000, 7000), "h3", 0.0)
+    h1.feedback("h3", [report(0, 100)], 0.1)
+    assert not [a for a in h1.tick(0.1) if isinstance(a, InstallVC)], "its own direction is healthy"
+    h1.peer_protects("h3", request_direction, now + 1.5, now)
+    actions, t = _run_until_active(h1, now)
+    assert [a for a in actions if isinstance(a, StartDuplication)]
+    [session] = h1.sessions.values()
+    assert "h3 mirrors the other direction" in session.request.reason
+    assert h1.protected_directions(t) == [], "a session kept for the peer asks nothing back"
+    # h1's own direction stays healthy and its mirror never wins: no teardown while h3 asks ...
+    path_id = h1._session_path_id(session)
+    while t < now + 10:
+        h1.peer_protects("h3", request_direction, t + 1.5, t)  # h3 renews every 0.5 s
+        h1.flow_seen(1, t)  # the requests keep coming
+        h1.feedback("h3", [report(0, 100), report(path_id, 300, wins=0)], t)
+        h1.tick(t)
+        t += 0.5
+    assert [s.state for s in h1.sessions.values()] == [SessionState.ACTIVE]
+    # ... and once h3 stops asking, h1's session ends by itself.
+    for _ in range(20):
+        h1.flow_seen(1, t)
+        h1.feedback("h3", [report(0, 100), report(path_id, 300, wins=0)], t)
+        h1.tick(t)
+        t += 0.5
+    assert not h1.sessions or all(s.state in (SessionState.WITHDRAWING, SessionState.WITHDRAWN)
+                                  for s in h1.sessions.values())
+    # Other policies neither ask nor listen.
+    reactive = controller(Policy.REACTIVE, me="h1")
+    reactive.new_flow(1, FlowKey("172.16.1.1", "172.16.3.1", 6, 40000, 7000), "h3", 0.0)
+    reactive.peer_protects("h3", request_direction, 5.0, 0.0)
+    assert not [a for a in reactive.tick(0.1) if isinstance(a, InstallVC)]
