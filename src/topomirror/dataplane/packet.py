@@ -21,6 +21,10 @@ class FlowKey(NamedTuple):
     dport: int
     dscp: int = 0
 
+    def reversed(self) -> FlowKey:
+        """The key of the opposite direction of the connection (its DSCP is not known: kept)."""
+        return FlowKey(self.dst, self.src, self.proto, self.dport, self.sport, self.dscp)
+
     def __str__(self) -> str:
         name = {TCP: "tcp", UDP: "udp", ICMP: "icmp"}.get(self.proto, str(self.proto))
         if self.proto in (TCP, UDP):

@@ -278,8 +278,7 @@ class Controller:
             # A session kept only because the peer protects the other direction asks nothing back
             # (or the two would keep each other up for ever).
             if info is not None and session.state is SessionState.ACTIVE and not self._kept_for_peer(session_id, now):
-                key = info.key
-                out.append((info.peer, str(type(key)(key.dst, key.src, key.proto, key.dport, key.sport, key.dscp))))
+                out.append((info.peer, str(info.key.reversed())))
         return out
 
     def _peer_protection(self, info: FlowInfo, now: float) -> bool:

@@ -597,15 +597,19 @@ class Node:
                 self._send_announce(announce, now, now_us)
 
     def _send_announce(self, announce, now: float, now_us: int) -> None:  # type: ignore[no-untyped-def]
-        detail = json.dumps({"hops": announce.hops, "bytes": announce.bytes})
+        message = Control("announce", 0, 0, lease_ms=announce.duration_ms,
+                          detail=json.dumps({"hops": announce.hops, "bytes": announce.bytes}))
         for name in announce.peers:
-            peer = self.engine.peers_by_name.get(name)
-            if peer is None or peer.standard is None:
-                continue
-            message = Control("announce", 0, 0, lease_ms=announce.duration_ms, detail=detail)
-            for datagram, address in self.engine.message(peer, MessageType.CONTROL, message,
-                                                          self.engine.routes_to(peer), now, now_us):
-                self._send(datagram, address)
+            self._tell(name, message, now, now_us)
+
+    def _tell(self, name: str, message: Control, now: float, now_us: int) -> None:
+        """A CONTROL message for peer `name` on every path we have to it (unknown peers: none)."""
+        peer = self.engine.peers_by_name.get(name)
+        if peer is None or peer.standard is None:
+            return
+        for datagram, address in self.engine.message(peer, MessageType.CONTROL, message,
+                                                      self.engine.routes_to(peer), now, now_us):
+            self._send(datagram, address)
 
     def _controller_tick(self) -> None:
         from topomirror.topology.session import InstallVC, RemoveVC, RenewVC, StartDuplication, StopDuplication
@@ -649,12 +653,8 @@ class Node:
         if now >= self._protect_due:
             self._protect_due = now + PROTECT_EVERY_S
             for name, flow in controller.protected_directions(now):
-                peer = self.engine.peers_by_name.get(name)
-                if peer is not None and peer.standard is not None:
-                    message = Control("protect", 0, 0, lease_ms=PROTECT_LEASE_MS, detail=json.dumps({"flow": flow}))
-                    for datagram, address in self.engine.message(peer, MessageType.CONTROL, message,
-                                                                  self.engine.routes_to(peer), now, now_us):
-                        self._send(datagram, address)
+                self._tell(name, Control("protect", 0, 0, lease_ms=PROTECT_LEASE_MS,
+                                         detail=json.dumps({"flow": flow})), now, now_us)
         for action in controller.tick(now):
             if isinstance(action, InstallVC | RenewVC):
                 relay = self.engine.peers_by_name.get(action.relay)

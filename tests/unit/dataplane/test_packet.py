@@ -27,3 +27,9 @@ def test_the_key_from_flow_bytes_is_the_packets_five_tuple(src: str, dst: str, p
     expected = FlowKey(src, dst, proto, sport if ported else 0, dport if ported else 0, dscp)
     assert key_of(raw, dscp) == expected == flow_key(packet)
     assert key_of(raw, dscp) == expected  # again, from the name cache
+
+
+def test_the_reversed_key_names_the_other_direction() -> None:
+    key = FlowKey("172.16.3.1", "172.16.1.1", 6, 7000, 40000, 46)
+    assert key.reversed() == FlowKey("172.16.1.1", "172.16.3.1", 6, 40000, 7000, 46)
+    assert str(key.reversed()) == "tcp 172.16.1.1:40000 -> 172.16.3.1:7000" and key.reversed().reversed() == key
