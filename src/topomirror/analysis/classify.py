@@ -16,8 +16,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from topomirror.analysis.flows import FlowKey
 from topomirror.analysis.metadata import Metadata
+from topomirror.dataplane.packet import FlowKey
 
 
 class FlowClass(StrEnum):

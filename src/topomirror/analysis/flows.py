@@ -19,11 +19,12 @@ fragments other than the first (they carry no transport header).
 
 from __future__ import annotations
 
-import socket
 import struct
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
+
+from topomirror.dataplane.packet import FlowKey
 
 PROTO_ICMP = 1
 PROTO_TCP = 6
@@ -44,8 +45,6 @@ TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH = 0x01, 0x02, 0x04, 0x08
 
 _PROTO_BYTE = tuple(bytes((value,)) for value in range(256))
 _NO_PORTS = b"\x00\x00\x00\x00"
-_IPV4_KEY_LENGTH = 13
-_IPV6_KEY_LENGTH = 37
 _TCP_SEQ = struct.Struct("!I")
 
 
@@ -63,51 +62,6 @@ def new_frozen(cls: type[_Frozen], values: dict[str, Any]) -> _Frozen:
     instance = object.__new__(cls)
     instance.__dict__.update(values)
     return instance
-
-
-@dataclass(frozen=True)
-class FlowKey:
-    """Directional 5-tuple of a flow (addresses as text, as operators read them)."""
-
-    src: str
-    dst: str
-    proto: int
-    sport: int
-    dport: int
-
-    @classmethod
-    def from_key_bytes(cls, key: bytes) -> FlowKey:
-        """Decode the packed key used by the flow table (see the module docstring)."""
-        if len(key) == _IPV4_KEY_LENGTH:
-            family, address_length = socket.AF_INET, 4
-        elif len(key) == _IPV6_KEY_LENGTH:
-            family, address_length = socket.AF_INET6, 16
-        else:
-            raise ValueError(f"flow key must be {_IPV4_KEY_LENGTH} or {_IPV6_KEY_LENGTH} bytes, got {len(key)}")
-        ports = 2 * address_length
-        return new_frozen(cls, {
-            "src": socket.inet_ntop(family, key[:address_length]),
-            "dst": socket.inet_ntop(family, key[address_length:ports]),
-            "proto": key[ports + 4],
-            "sport": (key[ports] << 8) | key[ports + 1],
-            "dport": (key[ports + 2] << 8) | key[ports + 3],
-        })
-
-    def to_key_bytes(self) -> bytes:
-        """The packed key (inverse of `from_key_bytes`)."""
-        family = socket.AF_INET6 if ":" in self.src else socket.AF_INET
-        return (
-            socket.inet_pton(family, self.src) + socket.inet_pton(family, self.dst)
-            + self.sport.to_bytes(2, "big") + self.dport.to_bytes(2, "big") + bytes((self.proto,))
-        )
-
-    def reversed(self) -> FlowKey:
-        """The key of the opposite direction (server -> client for a client's flow)."""
-        return FlowKey(src=self.dst, dst=self.src, proto=self.proto, sport=self.dport, dport=self.sport)
-
-    def __str__(self) -> str:
-        src, dst = (f"[{self.src}]", f"[{self.dst}]") if ":" in self.src else (self.src, self.dst)
-        return f"{src}:{self.sport} -> {dst}:{self.dport} proto {self.proto}"
 
 
 class ParsedPacket(NamedTuple):

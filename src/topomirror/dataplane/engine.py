@@ -72,6 +72,14 @@ class PathRoute:
     packets: int = 0
     bytes: int = 0
 
+    def sent(self, now: float, packets: int, size: int) -> None:
+        """Account what was sent on this route: `packets` DATA copies of `size` bytes in all (the
+        native loop's flows, the new flows it sent, the Python packet path and resends all count
+        here, so the route's figures mean the same whoever sent)."""
+        self.last_sent = now
+        self.packets += packets
+        self.bytes += size
+
 
 @dataclass
 class PeerLink:
@@ -171,9 +179,7 @@ class Engine:
             for route in routes:
                 out.append((seal(_DATA, route.path_id, route.channel, seq, next_path_seq(route.path_id), send_time,
                                  packet), route.address))
-                route.last_sent = now
-                route.packets += 1
-                route.bytes += size
+                route.sent(now, 1, size)
         else:
             peer.tx_seq = seq = peer.tx_seq + 1
             node, epoch = self.node_id, self.epoch
@@ -188,9 +194,7 @@ class Engine:
                 head = pack(_DATA_FIRST, path_id, route.channel, node, epoch, seq, path_seq, send_time)
                 out.append((head + encrypt(NONCE.pack(node, epoch, (path_id << 56) | low_seq), packet, head),
                             route.address))
-                route.last_sent = now
-                route.packets += 1
-                route.bytes += size
+                route.sent(now, 1, size)
         counters = self.counters
         counters["tx_packets"] += 1
         counters["tx_copies"] += len(routes)
@@ -201,9 +205,7 @@ class Engine:
                now_us: int) -> tuple[bytes, Address]:
         """`packet` again, under the session sequence `seq` it was first sent with, on `route`: the
         destination delivers it if no copy of `seq` arrived and drops it as a duplicate otherwise."""
-        route.last_sent = now
-        route.packets += 1
-        route.bytes += len(packet)
+        route.sent(now, 1, len(packet))
         self.counters["tx_resent"] += 1
         return self._seal(peer, MessageType.DATA, route, seq, packet, now_us), route.address
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from socket import inet_ntoa
+from socket import AF_INET, AF_INET6, inet_ntoa, inet_ntop, inet_pton
 from struct import Struct
 from typing import NamedTuple
 
 TCP, UDP, ICMP = 6, 17, 1
+IPV4_KEY_LENGTH, IPV6_KEY_LENGTH = 13, 37  # analysis's packed keys (FlowKey.from_key_bytes)
 
 
 class FlowKey(NamedTuple):
-    """A flow in one direction: the 5-tuple (ports are 0 for protocols without them). A named
-    tuple: immutable and hashable like a frozen dataclass, and a third of its cost to build (one
-    per new flow, thousands a second)."""
+    """A flow in one direction: the 5-tuple (ports are 0 for protocols without them), addresses as
+    text as operators read them, and the DSCP the flow was first seen with. The one flow identity
+    of the node, the controller, the rules and analysis. A named tuple: immutable and hashable
+    like a frozen dataclass, and a third of its cost to build (one per new flow, thousands a
+    second)."""
 
     src: str
     dst: str
@@ -21,15 +24,36 @@ class FlowKey(NamedTuple):
     dport: int
     dscp: int = 0
 
+    @classmethod
+    def from_key_bytes(cls, key: bytes) -> FlowKey:
+        """Decode the analysis flow table's packed key: src | dst | sport (2) | dport (2) | proto (1),
+        13 bytes for IPv4 and 37 for IPv6 (`topomirror.analysis.flows`)."""
+        if len(key) == IPV4_KEY_LENGTH:
+            family, address_length = AF_INET, 4
+        elif len(key) == IPV6_KEY_LENGTH:
+            family, address_length = AF_INET6, 16
+        else:
+            raise ValueError(f"flow key must be {IPV4_KEY_LENGTH} or {IPV6_KEY_LENGTH} bytes, got {len(key)}")
+        ports = 2 * address_length
+        return cls(inet_ntop(family, key[:address_length]), inet_ntop(family, key[address_length:ports]),
+                   key[ports + 4], (key[ports] << 8) | key[ports + 1], (key[ports + 2] << 8) | key[ports + 3])
+
+    def to_key_bytes(self) -> bytes:
+        """The packed key (inverse of `from_key_bytes`; the DSCP is not part of it)."""
+        family = AF_INET6 if ":" in self.src else AF_INET
+        return (inet_pton(family, self.src) + inet_pton(family, self.dst)
+                + self.sport.to_bytes(2, "big") + self.dport.to_bytes(2, "big") + bytes((self.proto,)))
+
     def reversed(self) -> FlowKey:
         """The key of the opposite direction of the connection (its DSCP is not known: kept)."""
         return FlowKey(self.dst, self.src, self.proto, self.dport, self.sport, self.dscp)
 
     def __str__(self) -> str:
         name = {TCP: "tcp", UDP: "udp", ICMP: "icmp"}.get(self.proto, str(self.proto))
+        src, dst = (f"[{self.src}]", f"[{self.dst}]") if ":" in self.src else (self.src, self.dst)
         if self.proto in (TCP, UDP):
-            return f"{name} {self.src}:{self.sport} -> {self.dst}:{self.dport}"
-        return f"{name} {self.src} -> {self.dst}"
+            return f"{name} {src}:{self.sport} -> {dst}:{self.dport}"
+        return f"{name} {src} -> {dst}"
 
 
 def flow_bytes(packet: bytes) -> bytes | None:

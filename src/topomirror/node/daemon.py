@@ -357,10 +357,7 @@ class Node:
             flow.last_seen = now
             if flow.packets <= 4:
                 self._analyse(flow.flow_id, packet)
-            route = flow.peer.standard  # type: ignore[union-attr]  # the native loop found its peer
-            route.last_sent = now  # type: ignore[union-attr]
-            route.packets += 1  # type: ignore[union-attr]
-            route.bytes += size  # type: ignore[union-attr]
+            flow.peer.standard.sent(now, 1, size)  # type: ignore[union-attr]  # the native loop found its peer
         self.bytes_original += total
         self.budget.record_original(total)
 
@@ -389,9 +386,7 @@ class Node:
             entry.last_seen = now
             routes = fast_flow.routes
             for route in routes:
-                route.last_sent = now
-                route.packets += packets
-                route.bytes += size
+                route.sent(now, packets, size)
             self.bytes_original += size
             self.bytes_extra += size * (len(routes) - 1)
             if controller is not None:

@@ -259,5 +259,6 @@ def test_fast_constructed_values_equal_normally_constructed_ones() -> None:
 
 
 def test_flow_key_text() -> None:
-    assert str(FlowKey("10.0.0.1", "10.0.0.2", 6, 1, 2)) == "10.0.0.1:1 -> 10.0.0.2:2 proto 6"
-    assert str(FlowKey("fd00::1", "fd00::2", 17, 1, 2)) == "[fd00::1]:1 -> [fd00::2]:2 proto 17"
+    assert str(FlowKey("10.0.0.1", "10.0.0.2", 6, 1, 2)) == "tcp 10.0.0.1:1 -> 10.0.0.2:2"
+    assert str(FlowKey("fd00::1", "fd00::2", 17, 1, 2)) == "udp [fd00::1]:1 -> [fd00::2]:2"
+    assert str(FlowKey("fd00::1", "fd00::2", 58, 0, 0)) == "58 [fd00::1] -> [fd00::2]"
