@@ -9,7 +9,9 @@ On the two-path lab with node daemons on h1, h2 and relay r1:
   iperf3's default socket buffers, where the receiving application's 212 kB buffer overflows
   first when the tunnel delivers a burst;
 - added_latency_p50_us / p99_us: one-way delay of numbered probes at 10k packets/s through the
-  mirrored overlay minus the same over the direct underlay (every node shares one clock);
+  mirrored overlay minus the same over the direct underlay (every node shares one clock), read by
+  the receiving application; `added_latency_socket_*`: the same from the kernel's arrival stamps
+  at the receiving socket (the receiver's wake-up left out);
 - python_*: with `reference`, the lab deployed again with `TOPOMIRROR_DATAPLANE=python` (the
   pure-Python reference data plane) for the duplicated TCP goodput and the lossless UDP rate, so
   the native loop's gain is a ratio from one run.
@@ -69,9 +71,15 @@ def run(*, seconds: float = 5.0, quick: bool = False, reference: bool = True,
         assert direct.owd_p99_us is not None and tunnel.owd_p99_us is not None
         results["added_latency_p50_us"] = round(tunnel.owd_p50_us - direct.owd_p50_us, 1)
         results["added_latency_p99_us"] = round(tunnel.owd_p99_us - direct.owd_p99_us, 1)
+        # The same at the receiving socket (kernel arrival stamps): the receiver's own wake-up
+        # left out, so what remains is what the path added.
+        if direct.owd_kernel_p50_us is not None and tunnel.owd_kernel_p50_us is not None:
+            results["added_latency_socket_p50_us"] = round(tunnel.owd_kernel_p50_us - direct.owd_kernel_p50_us, 1)
+            results["added_latency_socket_p99_us"] = round(tunnel.owd_kernel_p99_us - direct.owd_kernel_p99_us, 1)  # type: ignore[operator]
         results["latency_detail"] = {
-            "direct": {"p50_us": direct.owd_p50_us, "p99_us": direct.owd_p99_us, "loss": direct.loss},
-            "tunnel_dup": {"p50_us": tunnel.owd_p50_us, "p99_us": tunnel.owd_p99_us, "loss": tunnel.loss},
+            name: {"p50_us": probe.owd_p50_us, "p99_us": probe.owd_p99_us, "socket_p50_us": probe.owd_kernel_p50_us,
+                   "socket_p99_us": probe.owd_kernel_p99_us, "loss": probe.loss}
+            for name, probe in (("direct", direct), ("tunnel_dup", tunnel))
         }
         # The same at a rate the tunnel sustains: what a packet pays when the node is not saturated.
         progress("latency at 2k packets/s")

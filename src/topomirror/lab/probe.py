@@ -3,6 +3,11 @@
 Each datagram carries an 8-byte sequence number and an 8-byte send time (ns); the receiver
 counts distinct sequence numbers and duplicates and prints one JSON line when it has been idle
 for `--idle` seconds after the first datagram (or after `--max-seconds`).
+
+One-way delay is reported twice: at the application (`owd_*`: the clock read when `recvmsg`
+returned, so it includes the receiver's own wake-up and its queue behind earlier datagrams) and
+at the receiving socket (`owd_kernel_*`: the kernel's arrival stamp, SO_TIMESTAMPNS, as OWAMP
+measures one-way delay; what the path alone added).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import sys
 import time
 
 _HEADER = struct.Struct("!QQ")
+_TIMESPEC = struct.Struct("@qq")
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; the cmsg carries a struct timespec
 
 
 def send(to: str, port: int, count: int, rate: int, size: int) -> None:
@@ -37,36 +44,45 @@ def send(to: str, port: int, count: int, rate: int, size: int) -> None:
 
 def recv(port: int, idle: float, max_seconds: float) -> dict[str, object]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     sock.bind(("0.0.0.0", port))
     sock.settimeout(0.1)
     seen: set[int] = set()
     duplicates = 0
     # One-way delay: every lab node shares this machine's clock, so arrival - send is exact.
     delays_us: list[float] = []
+    kernel_us: list[float] = []
     deadline = time.monotonic() + max_seconds
     last = None
     while time.monotonic() < deadline:
         if last is not None and time.monotonic() - last > idle:
             break
         try:
-            data = sock.recv(65535)
+            data, ancillary, _, _ = sock.recvmsg(65535, 64)
         except TimeoutError:
             continue
         if len(data) < _HEADER.size:
             continue
+        now_ns = time.time_ns()
         seq, sent_ns = _HEADER.unpack_from(data)
-        delays_us.append((time.time_ns() - sent_ns) / 1000)
+        delays_us.append((now_ns - sent_ns) / 1000)
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
+                seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+                kernel_us.append((seconds * 1_000_000_000 + nanoseconds - sent_ns) / 1000)
         if seq in seen:
             duplicates += 1
         seen.add(seq)
         last = time.monotonic()
     delays_us.sort()
+    kernel_us.sort()
 
-    def pct(q: float) -> float | None:
-        return round(delays_us[min(len(delays_us) - 1, int(q * len(delays_us)))], 1) if delays_us else None
+    def pct(values: list[float], q: float) -> float | None:
+        return round(values[min(len(values) - 1, int(q * len(values)))], 1) if values else None
 
-    return {"unique": len(seen), "duplicates": duplicates, "owd_p50_us": pct(0.5), "owd_p99_us": pct(0.99),
-            "owd_p999_us": pct(0.999)}
+    return {"unique": len(seen), "duplicates": duplicates,
+            "owd_p50_us": pct(delays_us, 0.5), "owd_p99_us": pct(delays_us, 0.99), "owd_p999_us": pct(delays_us, 0.999),
+            "owd_kernel_p50_us": pct(kernel_us, 0.5), "owd_kernel_p99_us": pct(kernel_us, 0.99)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,6 +92,9 @@ class ProbeResult:
     owd_p50_us: float | None = None
     owd_p99_us: float | None = None
     owd_p999_us: float | None = None
+    # The same at the receiving socket (the kernel's arrival stamp): without the receiver's wake-up.
+    owd_kernel_p50_us: float | None = None
+    owd_kernel_p99_us: float | None = None
 
     @property
     def loss(self) -> float:
@@ -119,7 +122,8 @@ def udp_probe(plan: LabPlan, src: str, dst: str, *, count: int = 2000, rate_pps:
     except json.JSONDecodeError:
         raise TrafficError(f"probe receiver failed: {stderr.strip()}") from None
     return ProbeResult(count, report["unique"], report["duplicates"], report.get("owd_p50_us"),
-                       report.get("owd_p99_us"), report.get("owd_p999_us"))
+                       report.get("owd_p99_us"), report.get("owd_p999_us"), report.get("owd_kernel_p50_us"),
+                       report.get("owd_kernel_p99_us"))
 
 
 def free_port() -> int:
