@@ -1,19 +1,28 @@
 """The node's SQLite store: decisions with their reasons, sessions, path telemetry, model state.
 
-Writes are queued in memory and committed by a timer (every ~200 ms), never on the packet path.
-A corrupt file stops the node with a message that says how to recover; `recover()` moves the
-file aside (kept for inspection) and starts a new one.
+Writes are queued in memory and handed by a timer (every ~200 ms) to a writer thread with its
+own connection, which commits them: a commit, and above all a WAL checkpoint's fsync, can take
+tens of milliseconds on a busy disk, and the thread that runs the node's packet loop must not
+wait for the disk. Reads (`explain`, `sessions`, `get`) use the loop's connection and see what is
+committed (WAL: readers do not wait for the writer); `sync()` waits until everything queued is.
+A failed write is counted and logged (`write_errors`, `last_write_error`), never raised into the
+loop. A corrupt file stops the node with a message that says how to recover; `recover()` moves
+the file aside (kept for inspection) and starts a new one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import queue
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 _ENCODE = json.JSONEncoder(default=str).encode  # one encoder, not one per row
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -69,6 +78,15 @@ class Store:
                 f"{path}: the node database is unreadable ({exc}). Start the node with --recover-db to move "
                 f"it aside (kept as {path.name}.corrupt-<time>) and begin a new one, or delete it."
             ) from None
+        self.write_errors = 0
+        self.last_write_error: str | None = None
+        # Batches to commit; None stops the writer. `_written` counts the batches it finished.
+        self._batches: queue.SimpleQueue[list[tuple[str, tuple[Any, ...]]] | None] = queue.SimpleQueue()
+        self._queued = 0
+        self._written = 0
+        self._done = threading.Condition()
+        self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
+        self._writer.start()
 
     @classmethod
     def recover(cls, path: Path) -> Path | None:
@@ -104,14 +122,42 @@ class Store:
                               "value=excluded.value", (key, _ENCODE(value))))
 
     def flush(self) -> int:
+        """Hand what is queued to the writer thread (it commits in the background); how many rows."""
         if not self._pending:
             return 0
         pending, self._pending = self._pending, []
-        self.db.execute("BEGIN")
-        for sql, args in pending:
-            self.db.execute(sql, args)
-        self.db.execute("COMMIT")
+        self._queued += 1
+        self._batches.put(pending)
         return len(pending)
+
+    def sync(self, timeout: float = 10.0) -> bool:
+        """Flush and wait until the writer committed everything handed to it (reads then see it)."""
+        self.flush()
+        target = self._queued
+        with self._done:
+            return self._done.wait_for(lambda: self._written >= target or not self._writer.is_alive(), timeout)
+
+    def _write_loop(self) -> None:
+        db = sqlite3.connect(str(self.path), isolation_level=None)
+        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            while (batch := self._batches.get()) is not None:
+                try:
+                    db.execute("BEGIN")
+                    for sql, args in batch:
+                        db.execute(sql, args)
+                    db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    self.write_errors += 1
+                    self.last_write_error = f"{len(batch)} rows not stored: {exc}"
+                    log.error("node database %s: %s", self.path, self.last_write_error)
+                with self._done:
+                    self._written += 1
+                    self._done.notify_all()
+        finally:
+            db.close()
 
     # -- reads ----------------------------------------------------------------------------
     def get(self, key: str, default: Any = None) -> Any:
@@ -133,5 +179,8 @@ class Store:
                 for i, f, p, s, u, d in self.db.execute(sql + " ORDER BY session_id")]
 
     def close(self) -> None:
+        """Commit everything queued, stop the writer, close."""
         self.flush()
+        self._batches.put(None)
+        self._writer.join(timeout=30)
         self.db.close()

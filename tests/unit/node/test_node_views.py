@@ -88,21 +88,31 @@ def test_packets_the_native_loop_sent_for_new_flows_enter_the_table_analysis_and
     assert node.budget.original_bytes == node.bytes_original
 
 
-def test_status_counts_the_timer_runs_that_held_the_packet_loop(node: Node) -> None:
+def test_status_counts_the_timer_runs_that_held_the_packet_loop_and_their_cpu_time(node: Node) -> None:
     import asyncio
 
     from topomirror.node import daemon
 
-    def slow_tick() -> None:
-        node._stop.set()  # one run, then the loop ends
+    def slow_tick() -> None:  # holds the loop working
         deadline = daemon.time.perf_counter() + 2 * daemon.TIMER_SLOW_MS / 1000
         while daemon.time.perf_counter() < deadline:
             pass
 
-    asyncio.run(node._every(0.001, slow_tick))
+    def waiting_tick() -> None:  # holds the loop without working (as when the thread waits for a CPU)
+        node._stop.set()  # the last run: then both loops end
+        daemon.time.sleep(4 * daemon.TIMER_SLOW_MS / 1000)
+
+    async def both() -> None:
+        await asyncio.gather(node._every(0.05, slow_tick), node._every(0.001, waiting_tick))
+
+    asyncio.run(both())
     status = node.status()
-    assert status["timer_slow_runs"] == {"slow_tick": 1}
-    assert status["timer_slow_ms"]["slow_tick"] >= 2 * daemon.TIMER_SLOW_MS  # type: ignore[index]
+    assert status["timer_slow_runs"] == {"slow_tick": 1, "waiting_tick": 1}
+    slow_ms, cpu_ms = status["timer_slow_ms"], status["timer_slow_cpu_ms"]
+    assert slow_ms["slow_tick"] >= 2 * daemon.TIMER_SLOW_MS  # type: ignore[index]
+    assert cpu_ms["slow_tick"] >= 0.5 * slow_ms["slow_tick"]  # type: ignore[index]
+    assert slow_ms["waiting_tick"] >= 4 * daemon.TIMER_SLOW_MS  # type: ignore[index]
+    assert cpu_ms["waiting_tick"] < 0.5 * slow_ms["waiting_tick"]  # type: ignore[index]
 
 
 def test_the_protect_hold_of_the_config_is_the_controllers_teardown_hold(node: Node) -> None:
