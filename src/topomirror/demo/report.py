@@ -18,7 +18,8 @@ COLOURS = {"uncongested": "#9ca3af", "off": "#dc2626", "always": "#2563eb", "rea
 COLUMNS = (("rpc_p50_ms", "RPC p50 (ms)"), ("rpc_p99_ms", "RPC p99 (ms)"), ("rpc_p999_ms", "RPC p99.9 (ms)"),
            ("bulk_goodput_mbps", "bulk goodput (Mbit/s)"), ("extra_bytes_pct", "extra bytes (%)"),
            ("sessions", "mirror sessions"), ("lead_time_ms", "median lead time (ms)"),
-           ("cpu_steal_pct", "CPU steal (%)"))
+           ("cpu_steal_pct", "CPU steal (%)"), ("rpc_p99_quiet_ms", "RPC p99 at quiet moments (ms)"),
+           ("quiet_requests_pct", "requests at quiet moments (%)"))
 
 
 def _svg(figure: Any) -> str:
@@ -77,6 +78,15 @@ def timeline_plot(run: Any, schedule: dict[str, Any]) -> str:
     axis.set_title(f"policy {run.policy}: h3 -> h1 paths as h1's feedback reports them")
     axis.grid(True, alpha=0.3)
     axis.legend(loc="upper right", fontsize=8)
+    steal = getattr(run, "steal", None) or []
+    if steal:
+        # The hypervisor's share of the machine, on its own scale: where it rises, slow requests
+        # measured the machine rather than the paths.
+        machine = axis.twinx()
+        machine.bar([a for a, _, _ in steal], [pct for _, _, pct in steal], width=[b - a for a, b, _ in steal],
+                    align="edge", color="#6b7280", alpha=0.25)
+        machine.set_ylim(0, 100)
+        machine.set_ylabel("CPU steal (%, grey bars)")
     return _svg(figure)
 
 

@@ -29,6 +29,7 @@ from topomirror.api.client import fetch
 from topomirror.lab.plan import LabPlan, compile_lab
 from topomirror.lab.realize import deploy, destroy, set_link_state
 from topomirror.lab.registry import LabRegistry
+from topomirror.lab.rpc import percentile
 from topomirror.lab.spec import LabSpec, load_lab
 from topomirror.lab.traffic import in_node
 from topomirror.node.launch import api_socket, node_dir, overlay_address, with_host_settings
@@ -39,12 +40,14 @@ HOSTS = ("h1", "h2", "h3", "h4")
 RPC_PORT, BULK_PORT = 7000, 8080
 Progress = Callable[[str, float], None]
 QUIET_STEAL_PCT = 5.0  # CPU steal below this in a run: the machine did not decide its tail
+STEAL_SAMPLE_S = 0.25  # the steal time line's resolution (a request's moment is this long or more)
 COLUMNS_HELP = (
     "How to read it: lower RPC latency is better; 'uncongested' is the same RPC load with no bulk transfer.\n"
     "extra bytes = duplicate copies as a share of all bytes the nodes sent; lead time = how long before the\n"
     "standard path degraded a mirror session was already open (predictive only); CPU steal = share of this\n"
     "machine's CPU time the hypervisor gave to others during the run: where it is high, the RPC tail measured\n"
-    "the machine more than the policy."
+    "the machine more than the policy; p99 at quiet moments = the p99 of the requests during which steal\n"
+    "stayed under 5 % in every quarter second (the share of requests that is: last column)."
 )
 
 
@@ -81,6 +84,8 @@ class PolicyRun:
     started_monotonic: float = 0.0
     started_wall: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)  # the machine's CPU over the workload (cpu_shares)
+    # (from_s, to_s, steal %) every STEAL_SAMPLE_S of the workload, from its start (started_wall)
+    steal: list[tuple[float, float, float]] = field(default_factory=list)
 
 
 def cpu_times(stat: str | None = None) -> list[int]:
@@ -103,6 +108,56 @@ def cpu_shares(before: list[int], after: list[int]) -> dict[str, float]:
         return {"idle_pct": 0.0, "steal_pct": 0.0}
     steal = delta[7] if len(delta) > 7 else 0
     return {"idle_pct": round(100 * (delta[3] + delta[4]) / total, 1), "steal_pct": round(100 * steal / total, 1)}
+
+
+class StealSampler:
+    """The machine's steal in each `every` seconds while a workload runs (a thread reading
+    /proc/stat), as (from_s, to_s, steal %) from the moment it started: the time line against
+    which the requests slowed by the hypervisor, not by the network, can be told apart."""
+
+    def __init__(self, every: float = STEAL_SAMPLE_S, *, read: Callable[[], list[int]] = cpu_times,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.every, self._read, self._clock = every, read, clock
+        self.windows: list[tuple[float, float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="steal-sampler", daemon=True)
+
+    def __enter__(self) -> StealSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        start = self._clock()
+        at, before = 0.0, self._read()
+        while not self._stop.wait(self.every):
+            now, after = self._clock() - start, self._read()
+            self.windows.append((round(at, 3), round(now, 3), cpu_shares(before, after)["steal_pct"]))
+            at, before = now, after
+
+
+def quiet_latencies(timeline: list[tuple[float, float]], windows: list[tuple[float, float, float]],
+                    offset_s: float, threshold_pct: float = QUIET_STEAL_PCT) -> list[float]:
+    """The latencies (ms) of the requests during which no steal window reached `threshold_pct`.
+    `timeline`: (sent at, from the client's start, s; latency, ms); `windows`: StealSampler's, from
+    the workload's start, which the client started `offset_s` after. A request that began or ended
+    outside the sampled span is left out (nothing is known of the machine then)."""
+    if not windows:
+        return []
+    noisy = [(a, b) for a, b, steal in windows if steal >= threshold_pct]
+    first, last = windows[0][0], windows[-1][1]
+    quiet: list[float] = []
+    for sent, latency in timeline:
+        begin = offset_s + sent
+        end = begin + latency / 1000
+        if begin < first or end > last:
+            continue
+        if not any(a < end and begin < b for a, b in noisy):
+            quiet.append(latency)
+    return quiet
 
 
 def policy_spec(base: LabSpec, policy: str, name: str) -> LabSpec:
@@ -152,7 +207,7 @@ def run_policy(base: LabSpec, policy: str, plan_schedule: Schedule, *, congested
             run.started_monotonic = time.monotonic()
             run.started_wall = time.time()
             cpu_before = cpu_times()
-            with in_node(plan, "h1", client) as rpc_proc:
+            with StealSampler() as sampler, in_node(plan, "h1", client) as rpc_proc:
                 threads: list[threading.Thread] = []
                 events: list[tuple[float, Callable[[], None]]] = []
                 from topomirror.analysis.synthetic import WEBSEARCH_CDF, FlowSizeDistribution
@@ -183,6 +238,7 @@ def run_policy(base: LabSpec, policy: str, plan_schedule: Schedule, *, congested
                     threads.append(thread)
                 out, err = rpc_proc.communicate(timeout=plan_schedule.seconds + 30)
                 run.cpu = cpu_shares(cpu_before, cpu_times())
+                run.steal = list(sampler.windows)
                 for thread in threads:
                     thread.join(timeout=60)
             try:
@@ -230,7 +286,19 @@ def summarize(run: PolicyRun) -> dict[str, Any]:
         # Lead time is a property of prediction: how long before the path degraded the mirror was up.
         "lead_time_ms": round(statistics.median(leads), 1) if leads and run.policy == "predictive" else None,
         "cpu_steal_pct": run.cpu.get("steal_pct"),
+        **_quiet_summary(run),
     }
+
+
+def _quiet_summary(run: PolicyRun) -> dict[str, Any]:
+    """The RPC p99 of the requests no steal touched, and how many of all requests that is."""
+    timeline = run.rpc.get("timeline") or []
+    wall_start = run.rpc.get("wall_start")
+    if not timeline or wall_start is None or not run.steal:
+        return {"rpc_p99_quiet_ms": None, "quiet_requests_pct": None}
+    quiet = sorted(quiet_latencies(timeline, run.steal, wall_start - run.started_wall))
+    return {"rpc_p99_quiet_ms": _round(percentile(quiet, 0.99)) if len(quiet) >= 100 else None,
+            "quiet_requests_pct": round(100 * len(quiet) / len(timeline), 1)}
 
 
 def _round(value: float | None) -> float | None:
@@ -295,4 +363,11 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
     # hypervisor. Below QUIET_STEAL_PCT in both, the ratio measured the policy.
     steals = [result["uncongested"].get("cpu_steal_pct"), predictive.get("cpu_steal_pct")]
     out["quiet_machine_for_the_ratio"] = all(x is not None and x < QUIET_STEAL_PCT for x in steals)
+    # The same two comparisons on the requests no steal touched (beside the targets, not instead).
+    quiet_base = result["uncongested"].get("rpc_p99_quiet_ms")
+    quiet_predictive, quiet_reactive = predictive.get("rpc_p99_quiet_ms"), reactive.get("rpc_p99_quiet_ms")
+    out["quiet_moments_predictive_p99_over_uncongested"] = (
+        round(quiet_predictive / quiet_base, 3) if quiet_predictive and quiet_base else None)
+    out["quiet_moments_predictive_beats_reactive_p99"] = (
+        quiet_predictive < quiet_reactive if quiet_predictive and quiet_reactive else None)
     return out

@@ -142,6 +142,10 @@ class Adaptive(BaseModel):
         default=3.0, gt=0, le=600,
         description="keep a mirror session this long after its standard path recovered and the mirror "
                     "stopped winning (hysteresis before teardown)")
+    both_directions: bool = Field(
+        default=True,
+        description="predictive: a node mirroring one direction of a connection asks the peer to mirror "
+                    "the other (CONTROL protect); off, each node protects only what it sends")
 
 
 class NodeConfig(BaseModel):

@@ -78,6 +78,8 @@ class ControllerSettings:
     # in a lab and in most networks the same links) arrived every few ms and then none for about
     # four of those gaps, at least this long, while we kept sending, the path is down.
     quick_silence_s: float = 0.06
+    # A session asks the peer to mirror the other direction of its connection (CONTROL protect).
+    both_directions: bool = True
 
 
 @dataclass(slots=True)
@@ -271,7 +273,7 @@ class Controller:
         """(peer, name of the other direction of the flow) for every active session: what this
         node asks its peers to mirror too while the session lives (`peer_protects` there)."""
         out: list[tuple[str, str]] = []
-        if self.settings.policy is not Policy.PREDICTIVE:
+        if self.settings.policy is not Policy.PREDICTIVE or not self.settings.both_directions:
             return out
         for session_id, session in self.sessions.items():
             info = self.flows.get(self.session_flow.get(session_id, -1))

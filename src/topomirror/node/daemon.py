@@ -1026,7 +1026,7 @@ def build_controller(config: NodeConfig):  # type: ignore[no-untyped-def]
     settings = ControllerSettings(
         policy=Policy(adaptive.policy), probability_threshold=adaptive.probability_threshold,
         degraded_delay_us=adaptive.degraded_delay_us, horizon_ms=adaptive.horizon_ms,
-        session_rate_bps=adaptive.session_rate_mbit * 1e6)
+        session_rate_bps=adaptive.session_rate_mbit * 1e6, both_directions=adaptive.both_directions)
     classifier = Classifier(ClassifierConfig.model_validate({"rules": adaptive.classes}))
     hosts = tuple(p.name for p in config.peers if not p.relay)
     sessions = SessionPolicy(adaptation=AdaptationPolicy(teardown_hold_s=adaptive.protect_hold_s))

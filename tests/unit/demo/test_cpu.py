@@ -40,3 +40,33 @@ def test_the_verdict_says_whether_the_machine_was_quiet_for_the_uncongested_rati
     assert verdict(result)["quiet_machine_for_the_ratio"] is False
     result["uncongested"]["cpu_steal_pct"] = None  # an older run without the reading
     assert verdict(result)["quiet_machine_for_the_ratio"] is False
+
+
+def test_the_steal_sampler_cuts_the_workload_into_windows_of_the_machines_steal() -> None:
+    import time
+
+    from topomirror.demo.runner import StealSampler
+
+    # user, nice, system, idle, iowait, irq, softirq, steal: every other reading adds steal
+    readings = iter([[100 * i, 0, 0, 100 * i, 0, 0, 0, 100 * (i // 2)] for i in range(200)])
+    with StealSampler(every=0.01, read=lambda: next(readings)) as sampler:
+        time.sleep(0.08)
+    windows = sampler.windows
+    assert len(windows) >= 3
+    assert all(a < b for a, b, _ in windows)
+    assert all(w[1] == v[0] for w, v in zip(windows, windows[1:], strict=False)), "windows tile the workload"
+    assert {pct for _, _, pct in windows} == {0.0, 33.3}
+
+
+def test_quiet_latencies_leave_out_the_requests_a_steal_window_touched() -> None:
+    from topomirror.demo.runner import quiet_latencies
+
+    windows = [(0.0, 0.25, 1.0), (0.25, 0.5, 30.0), (0.5, 0.75, 0.0), (0.75, 1.0, 4.9)]
+    timeline = [(0.0, 10.0),    # 0.10-0.11 s: quiet
+                (0.1, 200.0),   # 0.20-0.40 s: runs into the noisy window
+                (0.3, 5.0),     # inside the noisy window
+                (0.5, 20.0),    # 0.60-0.62 s: quiet
+                (0.8, 500.0)]   # ends after the last window: nothing known, left out
+    assert quiet_latencies(timeline, windows, offset_s=0.1) == [10.0, 20.0]
+    assert quiet_latencies(timeline, windows, offset_s=0.1, threshold_pct=50.0) == [10.0, 200.0, 5.0, 20.0]
+    assert quiet_latencies(timeline, [], offset_s=0.0) == []

@@ -383,6 +383,14 @@ def test_a_session_covers_both_directions_of_a_connection_and_ends_with_the_one_
     _, now = _run_until_active(h3, 0.2)
     request_direction = "tcp 172.16.1.1:40000 -> 172.16.3.1:7000"
     assert h3.protected_directions(now) == [("h1", request_direction)]
+    # Configured off (adaptive.both_directions: false), the same session asks nothing.
+    one_way = Controller("h3", ControllerSettings(policy=Policy.PREDICTIVE, both_directions=False), h3.graph, CLASSES)
+    one_way.new_flow(1, RPC, "h1", 0.0)
+    one_way.announcement("h4", (("h4-e2", "h4", "e2"), ("core", "e2", "e1"), ("h2-e1", "e1", "h2")), 15_000_000,
+                         4000, 0.2)
+    _, later = _run_until_active(one_way, 0.2)
+    assert [s.state for s in one_way.sessions.values()] == [SessionState.ACTIVE]
+    assert one_way.protected_directions(later) == []
 
     h1 = controller(Policy.PREDICTIVE, me="h1")
     h1.new_flow(1, FlowKey("172.16.1.1", "172.16.3.1", 6, 40000, 7000), "h3", 0.0)
