@@ -145,6 +145,8 @@ class Node:
         self.prefixes.sort(key=lambda item: -item[0].prefixlen)
         self._prefix_ints = [(int(p.network_address), int(p.netmask), peer) for p, peer in self.prefixes]
         self._peer_of: dict[bytes, PeerLink | None] = {}  # destination address -> _lookup_peer's answer
+        # Mirrored flows under a budget that the native loop carries (checked after every wake-up).
+        self._native_budgeted: dict[bytes, FlowEntry] = {}
         self.targets: dict[str, MirrorTarget] = {}
         for index, (name, target) in enumerate(config.targets.items(), start=1):
             peer = self.engine.peers_by_name[target.peer]
@@ -286,6 +288,8 @@ class Node:
                 self._sent_packets(fresh, now)
             for packet in slow:
                 self._tun_packet(packet, now, now_us, out)
+            if self._native_budgeted:
+                self._check_native_budgets(now)
         else:
             read, tun_fd = os.read, self.tun_fd
             for _ in range(BATCH):
@@ -334,13 +338,18 @@ class Node:
         out.extend(engine.encapsulate(peer, routes, packet, now, now_us))
         if flow.recent is not None:
             flow.recent.append((now, engine.last_seq(peer), packet))
-        elif (engine.tx is not None and flow.bucket is None and peer.sealer is not None
-              and (controller is None or flow.packets > 4)):
+        elif (engine.tx is not None and peer.sealer is not None and (controller is None or flow.packets > 4)
+              and (flow.bucket is None or (len(routes) > 1 and self._copy_headroom(flow.bucket, now)))):
             # Nothing per packet left for Python to decide: the native loop carries it from now
-            # on, until a policy change hands every flow back (`_flows_to_python`).
+            # on, until a policy change hands every flow back (`_flows_to_python`). A mirrored flow
+            # under a budget goes too while its session's bucket and the node's budget both hold
+            # more than one wake-up can copy: `_account` debits what it copied after each wake-up
+            # and takes the flow back before either could run short.
             engine.tx.flows[raw] = native.fast.FastFlow(  # type: ignore[union-attr]
                 flow, tuple(routes), peer.sealer,
                 tuple((r.address[0], r.address[1], r.path_id, r.channel) for r in routes))
+            if flow.bucket is not None:
+                self._native_budgeted[raw] = flow
 
     def _sent_packets(self, fresh: list[tuple[bytes, bytes]], now: float) -> None:
         """Packets of flows new to the table that the native loop sent on their peer's standard
@@ -388,16 +397,39 @@ class Node:
             routes = fast_flow.routes
             for route in routes:
                 route.sent(now, packets, size)
+            copies = size * (len(routes) - 1)
             self.bytes_original += size
-            self.bytes_extra += size * (len(routes) - 1)
+            self.bytes_extra += copies
             if controller is not None:
                 self.budget.record_original(size)
+            if entry.bucket is not None and copies:
+                # Copied already: debit both budgets (the headroom kept when the flow went native
+                # covers one wake-up, so neither runs short).
+                entry.bucket.take(copies, now)
+                self.budget.spend(copies)
+
+    def _copy_headroom(self, bucket: TokenBucket, now: float) -> bool:
+        """Both budgets hold more than one wake-up of the native loop can copy (BATCH packets)."""
+        need = BATCH * self.tun_mtu
+        return bucket.available(now) >= need and self.budget.tokens >= need
+
+    def _check_native_budgets(self, now: float) -> None:
+        """Take back to per-packet admission the budgeted flows whose session bucket, or the
+        node's budget, no longer covers the next wake-up."""
+        tx = self.engine.tx
+        for raw, entry in list(self._native_budgeted.items()):
+            if tx is None or raw not in tx.flows or entry.bucket is None:
+                del self._native_budgeted[raw]
+            elif not self._copy_headroom(entry.bucket, now):
+                tx.flows.pop(raw, None)
+                del self._native_budgeted[raw]
 
     def _flows_to_python(self) -> None:
         """Hand every flow back to the Python packet path: its mirror, budget or watch changed.
         Each re-registers after its next packet if nothing per packet is left to decide."""
         if self.engine.tx is not None:
             self.engine.tx.flows.clear()
+        self._native_budgeted.clear()
 
     def _send_all(self, items: list[tuple[bytes, tuple[str, int]]]) -> None:
         """Send a burst (one GSO call per run of equal-sized datagrams to one address)."""
@@ -625,7 +657,11 @@ class Node:
             if entry is not None:
                 info.last_seen = entry.last_seen
                 recent = entry.recent
-                if recent is None:
+                if entry.mirror is not None and entry.mirror.active:
+                    # Mirrored: every packet already leaves on two paths, nothing to send again
+                    # if one falls silent; without its recent packets the native loop carries it.
+                    entry.recent = None
+                elif recent is None:
                     entry.recent = deque(maxlen=RECENT_PACKETS)
                     self._flows_to_python()  # a watched flow keeps its recent packets: per packet
                 else:

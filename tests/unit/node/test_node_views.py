@@ -123,3 +123,46 @@ def test_the_protect_hold_of_the_config_is_the_controllers_teardown_hold(node: N
     adaptive = node.config.adaptive.model_copy(update={"protect_hold_s": 7.5})
     longer = node.config.model_copy(update={"adaptive": adaptive})
     assert build_controller(longer).session_policy.adaptation.teardown_hold_s == 7.5
+
+
+def test_a_mirrored_flow_the_native_loop_carries_is_charged_to_both_budgets_and_taken_back_in_time(node: Node) -> None:
+    from types import SimpleNamespace
+
+    from topomirror.dataplane.engine import PathRoute
+    from topomirror.node.daemon import BATCH
+    from topomirror.topology.budget import SessionBudget, TokenBucket
+
+    packet = _udp(7000, 40000)
+    raw = flow_bytes(packet)
+    entry = node._new_flow(raw, packet, 0.0)  # type: ignore[arg-type]
+    assert entry.peer is not None and entry.peer.standard is not None
+    entry.mirror = PathRoute(203, 5, ("10.255.0.9", 4789), ("x1",), True)
+    entry.bucket = TokenBucket(SessionBudget(8e6, 256 * 1024), 0.0)  # 1 MB/s, 256 kB burst
+    need = BATCH * node.tun_mtu
+    assert node._copy_headroom(entry.bucket, 0.0)
+
+    class Sent:  # what FastTx hands back for a flow it carried: packets and bytes since the last look
+        routes = (entry.peer.standard, entry.mirror)
+
+        def __init__(self, size: int) -> None:
+            self.entry, self.size = entry, size
+
+        def take(self) -> tuple[int, int]:
+            return 50, self.size
+
+    node.engine.tx = SimpleNamespace(flows={raw: object()})  # type: ignore[assignment]
+    node._native_budgeted[raw] = entry  # type: ignore[index]
+    budget_before = node.budget.tokens
+    node._account([Sent(70_000)], 0.0)
+    assert entry.bucket.available(0.0) == 256 * 1024 - 70_000, "the copies were charged to the session"
+    assert node.budget.extra_bytes == 70_000 and node.budget.tokens < budget_before
+    assert node.bytes_extra == 70_000 and entry.mirror.packets == 50
+    node._check_native_budgets(0.0)
+    assert raw in node.engine.tx.flows, "both budgets still cover a wake-up"  # type: ignore[union-attr]
+    while entry.bucket.available(0.0) >= need:
+        node._account([Sent(40_000)], 0.0)
+        node._check_native_budgets(0.0)
+    # The session's bucket no longer covers a wake-up: the flow is back to per-packet admission,
+    # before its bucket could have gone short.
+    assert raw not in node.engine.tx.flows and not node._native_budgeted  # type: ignore[union-attr]
+    assert entry.bucket.refused_bytes == 0
