@@ -87,6 +87,8 @@ def timeline_plot(run: Any, schedule: dict[str, Any]) -> str:
                     align="edge", color="#6b7280", alpha=0.25)
         machine.set_ylim(0, 100)
         machine.set_ylabel("CPU steal (%, grey bars)")
+        machine.set_zorder(axis.get_zorder() - 1)  # behind the paths and the legend
+        axis.patch.set_visible(False)
     return _svg(figure)
 
 

@@ -84,8 +84,9 @@ class PolicyRun:
     started_monotonic: float = 0.0
     started_wall: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)  # the machine's CPU over the workload (cpu_shares)
-    # (from_s, to_s, steal %) every STEAL_SAMPLE_S of the workload, from its start (started_wall)
+    # (from_s, to_s, steal %) every STEAL_SAMPLE_S of the workload, from steal_started_wall
     steal: list[tuple[float, float, float]] = field(default_factory=list)
+    steal_started_wall: float = 0.0
 
 
 def cpu_times(stat: str | None = None) -> list[int]:
@@ -119,6 +120,7 @@ class StealSampler:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.every, self._read, self._clock = every, read, clock
         self.windows: list[tuple[float, float, float]] = []
+        self.started_wall = 0.0  # the wall clock at the time line's zero
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="steal-sampler", daemon=True)
 
@@ -131,7 +133,7 @@ class StealSampler:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        start = self._clock()
+        start, self.started_wall = self._clock(), time.time()
         at, before = 0.0, self._read()
         while not self._stop.wait(self.every):
             now, after = self._clock() - start, self._read()
@@ -144,7 +146,9 @@ def quiet_latencies(timeline: list[tuple[float, float]], windows: list[tuple[flo
     """The latencies (ms) of the requests during which no steal window reached `threshold_pct`.
     `timeline`: (sent at, from the client's start, s; latency, ms); `windows`: StealSampler's, from
     the workload's start, which the client started `offset_s` after. A request that began or ended
-    outside the sampled span is left out (nothing is known of the machine then)."""
+    outside the sampled span is left out (nothing is known of the machine then). A slow request
+    spans more windows, so it is more likely to touch a noisy one: the figure leans a little low
+    for a policy whose slow requests are slow for other reasons (read it beside the raw p99)."""
     if not windows:
         return []
     noisy = [(a, b) for a, b, steal in windows if steal >= threshold_pct]
@@ -238,7 +242,7 @@ def run_policy(base: LabSpec, policy: str, plan_schedule: Schedule, *, congested
                     threads.append(thread)
                 out, err = rpc_proc.communicate(timeout=plan_schedule.seconds + 30)
                 run.cpu = cpu_shares(cpu_before, cpu_times())
-                run.steal = list(sampler.windows)
+                run.steal, run.steal_started_wall = list(sampler.windows), sampler.started_wall
                 for thread in threads:
                     thread.join(timeout=60)
             try:
@@ -296,7 +300,7 @@ def _quiet_summary(run: PolicyRun) -> dict[str, Any]:
     wall_start = run.rpc.get("wall_start")
     if not timeline or wall_start is None or not run.steal:
         return {"rpc_p99_quiet_ms": None, "quiet_requests_pct": None}
-    quiet = sorted(quiet_latencies(timeline, run.steal, wall_start - run.started_wall))
+    quiet = sorted(quiet_latencies(timeline, run.steal, wall_start - (run.steal_started_wall or run.started_wall)))
     return {"rpc_p99_quiet_ms": _round(percentile(quiet, 0.99)) if len(quiet) >= 100 else None,
             "quiet_requests_pct": round(100 * len(quiet) / len(timeline), 1)}
 

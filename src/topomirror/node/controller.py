@@ -628,7 +628,7 @@ class Controller:
         self.sessions_opened += 1
         path = self.paths.get(info.peer)
         request = MirrorRequest(str(info.key), self.me, info.peer, info.traffic_class, reason,
-                                SessionBudget(self.settings.session_rate_bps, self.settings.session_burst_bytes),
+                                SessionBudget(self.settings.session_rate_bps / 8, self.settings.session_burst_bytes),
                                 urgent=path is not None and path.silent_since is not None)
         opened = MirrorSession.open(session_id, request, now, self.channels, self.session_policy)
         self.sessions[session_id] = opened

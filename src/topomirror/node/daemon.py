@@ -282,14 +282,16 @@ class Node:
             slow, fresh, touched, counts = engine.tx.pump(self.tun_fd, self.udp.sock.fileno(), BATCH,
                                                           self.tun_mtu, now_us)
             engine.pumped(counts, self.udp.stats, self.udp.errors)
-            if touched:
-                self._account(touched, now)
-            if fresh:
-                self._sent_packets(fresh, now)
-            for packet in slow:
-                self._tun_packet(packet, now, now_us, out)
-            if self._native_budgeted:
-                self._check_native_budgets(now)
+            try:
+                if touched:
+                    self._account(touched, now)
+                if fresh:
+                    self._sent_packets(fresh, now)
+                for packet in slow:
+                    self._tun_packet(packet, now, now_us, out)
+            finally:
+                if self._native_budgeted:
+                    self._check_native_budgets(now)
         else:
             read, tun_fd = os.read, self.tun_fd
             for _ in range(BATCH):
@@ -404,9 +406,10 @@ class Node:
                 self.budget.record_original(size)
             if entry.bucket is not None and copies:
                 # Copied already: debit both budgets (the headroom kept when the flow went native
-                # covers one wake-up, so neither runs short).
-                entry.bucket.take(copies, now)
-                self.budget.spend(copies)
+                # covers one wake-up, so neither runs short; if it ever did, they go below zero
+                # and the next copies wait).
+                entry.bucket.charge(copies, now)
+                self.budget.charge(copies)
 
     def _copy_headroom(self, bucket: TokenBucket, now: float) -> bool:
         """Both budgets hold more than one wake-up of the native loop can copy (BATCH packets)."""
@@ -657,9 +660,10 @@ class Node:
             if entry is not None:
                 info.last_seen = entry.last_seen
                 recent = entry.recent
-                if entry.mirror is not None and entry.mirror.active:
+                if entry.mirror is not None and entry.mirror.active and not entry.copies_denied:
                     # Mirrored: every packet already leaves on two paths, nothing to send again
                     # if one falls silent; without its recent packets the native loop carries it.
+                    # (A flow whose budget refused copies sent some on one path: it keeps them.)
                     entry.recent = None
                 elif recent is None:
                     entry.recent = deque(maxlen=RECENT_PACKETS)
@@ -777,7 +781,7 @@ class Node:
         if self.config.adaptive.policy == "always":
             entry.bucket = None  # engarde-style: every packet, no budget
         else:
-            entry.bucket = TokenBucket(SessionBudget(action.rate_bytes_per_s * 8, action.burst_bytes), now)
+            entry.bucket = TokenBucket(SessionBudget(action.rate_bytes_per_s, action.burst_bytes), now)
         since = (controller.lost_since(entry.peer.name, now, self.config.timers.dedup_skew_ms / 1000)
                  if entry.peer is not None else None)
         if since is not None and entry.recent and entry.peer is not None:
@@ -826,6 +830,7 @@ class Node:
                 by_id.pop(entry.flow_id, None)
                 if self.engine.tx is not None:
                     self.engine.tx.flows.pop(raw, None)
+                self._native_budgeted.pop(raw, None)
                 gone.append(entry.flow_id)
         if gone and self.controller is not None:
             self.controller.forget(gone, now)
@@ -944,6 +949,7 @@ class Node:
             "lead_times_ms": [round(x, 1) for x in self.controller.lead_times_ms] if self.controller else [],
             "bytes_original": self.bytes_original, "bytes_extra": self.bytes_extra,
             "store_write_errors": self.store.write_errors if self.store is not None else 0,
+            "store_writer_alive": self.store.writer_alive if self.store is not None else None,
         }
 
     def explain(self, subject: str) -> list[dict[str, object]]:
@@ -951,7 +957,9 @@ class Node:
         policy would mirror: see Controller.new_flow), what the flow table knows of it now."""
         stored: list[dict[str, object]] = []
         if self.store is not None:
-            self.store.sync(timeout=2.0)  # what the timer handed the writer may not be committed yet
+            # What the timer handed the writer may not be committed yet: wait a little for it (this
+            # runs on the packet loop; a busy disk leaves the last 200 ms out rather than stall it).
+            self.store.sync(timeout=0.2)
             stored = self.store.explain(subject)
         if stored or subject.startswith("session"):
             return stored

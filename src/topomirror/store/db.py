@@ -85,6 +85,7 @@ class Store:
         self._queued = 0
         self._written = 0
         self._done = threading.Condition()
+        self._stopped = False  # set by the writer as it ends, before it wakes the waiters
         self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
         self._writer.start()
 
@@ -130,34 +131,67 @@ class Store:
         self._batches.put(pending)
         return len(pending)
 
+    @property
+    def writer_alive(self) -> bool:
+        return not self._stopped and self._writer.is_alive()
+
     def sync(self, timeout: float = 10.0) -> bool:
-        """Flush and wait until the writer committed everything handed to it (reads then see it)."""
+        """Flush and wait until the writer committed everything handed to it (reads then see it).
+        False if that did not happen within `timeout` or the writer is gone (see last_write_error)."""
         self.flush()
         target = self._queued
         with self._done:
-            return self._done.wait_for(lambda: self._written >= target or not self._writer.is_alive(), timeout)
+            self._done.wait_for(lambda: self._written >= target or self._stopped, timeout)
+            return self._written >= target
 
     def _write_loop(self) -> None:
-        db = sqlite3.connect(str(self.path), isolation_level=None)
-        db.execute("PRAGMA synchronous=NORMAL")
+        db = None
         try:
+            db = sqlite3.connect(str(self.path), isolation_level=None)
+            db.execute("PRAGMA synchronous=NORMAL")
             while (batch := self._batches.get()) is not None:
                 try:
-                    db.execute("BEGIN")
-                    for sql, args in batch:
-                        db.execute(sql, args)
-                    db.execute("COMMIT")
-                except sqlite3.Error as exc:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
+                    self._commit(db, batch)
+                except Exception as exc:  # the batch as a whole failed: keep what can be kept
+                    self._rollback(db)
+                    kept = 0
+                    for row in batch:
+                        try:
+                            self._commit(db, [row])
+                            kept += 1
+                        except Exception:  # noqa: BLE001 - counted and logged below, never raised
+                            self._rollback(db)
                     self.write_errors += 1
-                    self.last_write_error = f"{len(batch)} rows not stored: {exc}"
+                    self.last_write_error = f"{len(batch) - kept} of {len(batch)} rows not stored: {exc}"
                     log.error("node database %s: %s", self.path, self.last_write_error)
                 with self._done:
                     self._written += 1
                     self._done.notify_all()
+        except Exception as exc:  # noqa: BLE001 - the writer is gone: say so, and wake whoever waits
+            self.write_errors += 1
+            self.last_write_error = f"the database writer stopped: {exc}"
+            log.error("node database %s: %s (decisions are no longer stored)", self.path, exc)
         finally:
-            db.close()
+            if db is not None:
+                db.close()
+            with self._done:
+                self._stopped = True
+                self._done.notify_all()
+
+    @staticmethod
+    def _commit(db: sqlite3.Connection, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
+        db.execute("BEGIN")
+        for sql, args in batch:
+            db.execute(sql, args)
+        db.execute("COMMIT")
+
+    @staticmethod
+    def _rollback(db: sqlite3.Connection) -> None:
+        if db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     # -- reads ----------------------------------------------------------------------------
     def get(self, key: str, default: Any = None) -> Any:
@@ -183,4 +217,7 @@ class Store:
         self.flush()
         self._batches.put(None)
         self._writer.join(timeout=30)
+        if self._written < self._queued:
+            log.error("node database %s: %d batches of rows were not stored before closing", self.path,
+                      self._queued - self._written)
         self.db.close()

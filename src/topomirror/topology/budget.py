@@ -71,6 +71,13 @@ class TokenBucket:
         self.refused_bytes += nbytes
         return False
 
+    def charge(self, nbytes: int, now: float) -> None:
+        """Debit `nbytes` already sent (the native loop copies first, the daemon accounts after the
+        wake-up): the tokens may go below zero, and admissions then wait until they refill."""
+        self._refill(now)
+        self._tokens -= nbytes
+        self.admitted_bytes += nbytes
+
     def _refill(self, now: float) -> None:
         # Ignore a clock that steps back: refilling on it would mint tokens out of nothing.
         if now > self._updated_at:
@@ -123,6 +130,11 @@ class DuplicationBudget:
             return True
         self.refused_bytes += nbytes
         return False
+
+    def charge(self, nbytes: int) -> None:
+        """Debit copies already sent (see TokenBucket.charge): the allowance may go below zero."""
+        self._tokens -= nbytes
+        self.extra_bytes += nbytes
 
     def extra_share(self) -> float:
         total = self.original_bytes + self.extra_bytes

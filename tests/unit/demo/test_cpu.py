@@ -50,7 +50,9 @@ def test_the_steal_sampler_cuts_the_workload_into_windows_of_the_machines_steal(
     # user, nice, system, idle, iowait, irq, softirq, steal: every other reading adds steal
     readings = iter([[100 * i, 0, 0, 100 * i, 0, 0, 0, 100 * (i // 2)] for i in range(200)])
     with StealSampler(every=0.01, read=lambda: next(readings)) as sampler:
-        time.sleep(0.08)
+        deadline = time.monotonic() + 10
+        while len(sampler.windows) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
     windows = sampler.windows
     assert len(windows) >= 3
     assert all(a < b for a, b, _ in windows)

@@ -398,7 +398,9 @@ def test_a_session_covers_both_directions_of_a_connection_and_ends_with_the_one_
     assert not [a for a in h1.tick(0.1) if isinstance(a, InstallVC)], "its own direction is healthy"
     h1.peer_protects("h3", request_direction, now + 1.5, now)
     actions, t = _run_until_active(h1, now)
-    assert [a for a in actions if isinstance(a, StartDuplication)]
+    [start] = [a for a in actions if isinstance(a, StartDuplication)]
+    # The session's bucket: 50 Mbit/s is 6.25 MB/s of copies (bits are not bytes).
+    assert start.rate_bytes_per_s == h1.settings.session_rate_bps / 8 == 6.25e6
     [session] = h1.sessions.values()
     assert "h3 mirrors the other direction" in session.request.reason
     assert h1.protected_directions(t) == [], "a session kept for the peer asks nothing back"

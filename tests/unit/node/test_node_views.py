@@ -93,8 +93,8 @@ def test_status_counts_the_timer_runs_that_held_the_packet_loop_and_their_cpu_ti
 
     from topomirror.node import daemon
 
-    def slow_tick() -> None:  # holds the loop working
-        deadline = daemon.time.perf_counter() + 2 * daemon.TIMER_SLOW_MS / 1000
+    def slow_tick() -> None:  # holds the loop working (long enough that a preemption is a small part)
+        deadline = daemon.time.perf_counter() + 10 * daemon.TIMER_SLOW_MS / 1000
         while daemon.time.perf_counter() < deadline:
             pass
 
@@ -109,20 +109,24 @@ def test_status_counts_the_timer_runs_that_held_the_packet_loop_and_their_cpu_ti
     status = node.status()
     assert status["timer_slow_runs"] == {"slow_tick": 1, "waiting_tick": 1}
     slow_ms, cpu_ms = status["timer_slow_ms"], status["timer_slow_cpu_ms"]
-    assert slow_ms["slow_tick"] >= 2 * daemon.TIMER_SLOW_MS  # type: ignore[index]
-    assert cpu_ms["slow_tick"] >= 0.5 * slow_ms["slow_tick"]  # type: ignore[index]
+    assert slow_ms["slow_tick"] >= 10 * daemon.TIMER_SLOW_MS  # type: ignore[index]
+    assert cpu_ms["slow_tick"] >= 0.3 * slow_ms["slow_tick"]  # type: ignore[index]
     assert slow_ms["waiting_tick"] >= 4 * daemon.TIMER_SLOW_MS  # type: ignore[index]
-    assert cpu_ms["waiting_tick"] < 0.5 * slow_ms["waiting_tick"]  # type: ignore[index]
+    assert cpu_ms["waiting_tick"] < 0.3 * slow_ms["waiting_tick"]  # type: ignore[index]
 
 
-def test_the_protect_hold_of_the_config_is_the_controllers_teardown_hold(node: Node) -> None:
+def test_the_adaptive_settings_of_the_config_reach_the_controller(node: Node) -> None:
     from topomirror.node.daemon import build_controller
 
     assert node.controller is not None
     assert node.controller.session_policy.adaptation.teardown_hold_s == node.config.adaptive.protect_hold_s == 3.0
-    adaptive = node.config.adaptive.model_copy(update={"protect_hold_s": 7.5})
-    longer = node.config.model_copy(update={"adaptive": adaptive})
-    assert build_controller(longer).session_policy.adaptation.teardown_hold_s == 7.5
+    assert node.controller.settings.both_directions is True
+    adaptive = node.config.adaptive.model_copy(update={"protect_hold_s": 7.5, "both_directions": False,
+                                                       "session_rate_mbit": 8.0})
+    changed = build_controller(node.config.model_copy(update={"adaptive": adaptive}))
+    assert changed.session_policy.adaptation.teardown_hold_s == 7.5
+    assert changed.settings.both_directions is False
+    assert changed.settings.session_rate_bps == 8e6
 
 
 def test_a_mirrored_flow_the_native_loop_carries_is_charged_to_both_budgets_and_taken_back_in_time(node: Node) -> None:
@@ -137,7 +141,7 @@ def test_a_mirrored_flow_the_native_loop_carries_is_charged_to_both_budgets_and_
     entry = node._new_flow(raw, packet, 0.0)  # type: ignore[arg-type]
     assert entry.peer is not None and entry.peer.standard is not None
     entry.mirror = PathRoute(203, 5, ("10.255.0.9", 4789), ("x1",), True)
-    entry.bucket = TokenBucket(SessionBudget(8e6, 256 * 1024), 0.0)  # 1 MB/s, 256 kB burst
+    entry.bucket = TokenBucket(SessionBudget(1e6, 256 * 1024), 0.0)  # 1 MB/s, 256 kB burst
     need = BATCH * node.tun_mtu
     assert node._copy_headroom(entry.bucket, 0.0)
 
