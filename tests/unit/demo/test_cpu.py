@@ -72,3 +72,14 @@ def test_quiet_latencies_leave_out_the_requests_a_steal_window_touched() -> None
     assert quiet_latencies(timeline, windows, offset_s=0.1) == [10.0, 20.0]
     assert quiet_latencies(timeline, windows, offset_s=0.1, threshold_pct=50.0) == [10.0, 200.0, 5.0, 20.0]
     assert quiet_latencies(timeline, [], offset_s=0.0) == []
+
+
+def test_the_policies_take_turns_at_each_place_in_the_run() -> None:
+    from topomirror.demo.runner import POLICIES, policy_order
+
+    orders = [policy_order(POLICIES, rotation) for rotation in range(4)]
+    assert orders[0] == POLICIES and policy_order(POLICIES, 4) == POLICIES
+    for place in range(4):
+        assert sorted(order[place] for order in orders) == sorted(POLICIES), "each policy at each place once"
+    assert all(sorted(order) == sorted(POLICIES) for order in orders)
+    assert policy_order((), 3) == ()
