@@ -623,8 +623,8 @@ def demo(
     policies: Annotated[str, typer.Option(help="comma-separated subset of off,always,reactive,predictive")]
     = "off,always,reactive,predictive",
     fixed_order: Annotated[bool, typer.Option(
-        "--fixed-order", help="run the policies in the order given (default: the list rotated by the minute of the "
-                              "clock, so over several runs no policy always gets the same minutes of a noisy machine)")]
+        "--fixed-order", help="run the policies in the order given (default: the list rotated by the clock's second, "
+                              "so over several runs no policy always gets the same minutes of a noisy machine)")]
     = False,
     json_out: JsonFlag = False,
 ) -> None:

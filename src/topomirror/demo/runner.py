@@ -322,7 +322,8 @@ def policy_order(policies: tuple[str, ...], rotation: int) -> tuple[str, ...]:
 def run_demo(lab_file: Path | None = None, *, quick: bool = False, out_dir: Path | None = None,
              policies: tuple[str, ...] = POLICIES, rotation: int | None = None,
              progress: Progress = lambda _m, _f: None) -> dict[str, Any]:
-    """`rotation`: see policy_order; None rotates by the minute of the clock, 0 keeps `policies`' order."""
+    """`rotation`: see policy_order; None rotates by the clock's second (runs a few minutes apart
+    would share the order if it were the minute), 0 keeps `policies`' order."""
     base = load_lab(lab_file or EXAMPLES / "diamond-mirror.yaml")
     plan_schedule = schedule(quick)
     steps = len(policies) + 1
@@ -332,7 +333,7 @@ def run_demo(lab_file: Path | None = None, *, quick: bool = False, out_dir: Path
     def step_progress(index: int) -> Callable[[str], None]:
         return lambda message: progress(message, index / steps)
 
-    order = policy_order(policies, int(time.time() // 60) if rotation is None else rotation)
+    order = policy_order(policies, int(time.time()) if rotation is None else rotation)
     runs["uncongested"] = run_policy(base, "off", plan_schedule, congested=False, progress=step_progress(0))
     for index, policy in enumerate(order, start=1):
         runs[policy] = run_policy(base, policy, plan_schedule, progress=step_progress(index))
