@@ -121,6 +121,8 @@ class StealSampler:
         self.every, self._read, self._clock = every, read, clock
         self.windows: list[tuple[float, float, float]] = []
         self.started_wall = 0.0  # the wall clock at the time line's zero
+        self._first: list[int] = []  # the readings at the start and at `stop`
+        self._last: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="steal-sampler", daemon=True)
 
@@ -129,12 +131,22 @@ class StealSampler:
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self.stop()
+
+    def stop(self) -> None:
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self._last = self._read()
+
+    def shares(self) -> dict[str, float]:
+        """Idle and steal from start to `stop` (cpu_shares)."""
+        return cpu_shares(self._first, self._last) if self._first and self._last else {}
 
     def _run(self) -> None:
         start, self.started_wall = self._clock(), time.time()
         at, before = 0.0, self._read()
+        self._first = before
         while not self._stop.wait(self.every):
             now, after = self._clock() - start, self._read()
             self.windows.append((round(at, 3), round(now, 3), cpu_shares(before, after)["steal_pct"]))
@@ -210,7 +222,6 @@ def run_policy(base: LabSpec, policy: str, plan_schedule: Schedule, *, congested
                       "--timeout", "3", "--timeline"]
             run.started_monotonic = time.monotonic()
             run.started_wall = time.time()
-            cpu_before = cpu_times()
             with StealSampler() as sampler, in_node(plan, "h1", client) as rpc_proc:
                 threads: list[threading.Thread] = []
                 events: list[tuple[float, Callable[[], None]]] = []
@@ -241,7 +252,8 @@ def run_policy(base: LabSpec, policy: str, plan_schedule: Schedule, *, congested
                     thread.start()
                     threads.append(thread)
                 out, err = rpc_proc.communicate(timeout=plan_schedule.seconds + 30)
-                run.cpu = cpu_shares(cpu_before, cpu_times())
+                sampler.stop()
+                run.cpu = sampler.shares()
                 run.steal, run.steal_started_wall = list(sampler.windows), sampler.started_wall
                 for thread in threads:
                     thread.join(timeout=60)

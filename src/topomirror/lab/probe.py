@@ -19,6 +19,8 @@ import struct
 import sys
 import time
 
+from topomirror.lab.rpc import percentile
+
 _HEADER = struct.Struct("!QQ")
 _TIMESPEC = struct.Struct("@qq")
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; the cmsg carries a struct timespec
@@ -78,7 +80,8 @@ def recv(port: int, idle: float, max_seconds: float) -> dict[str, object]:
     kernel_us.sort()
 
     def pct(values: list[float], q: float) -> float | None:
-        return round(values[min(len(values) - 1, int(q * len(values)))], 1) if values else None
+        value = percentile(values, q)
+        return None if value is None else round(value, 1)
 
     return {"unique": len(seen), "duplicates": duplicates,
             "owd_p50_us": pct(delays_us, 0.5), "owd_p99_us": pct(delays_us, 0.99), "owd_p999_us": pct(delays_us, 0.999),

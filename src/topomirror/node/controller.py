@@ -279,7 +279,7 @@ class Controller:
             info = self.flows.get(self.session_flow.get(session_id, -1))
             # A session kept only because the peer protects the other direction asks nothing back
             # (or the two would keep each other up for ever).
-            if info is not None and session.state is SessionState.ACTIVE and not self._kept_for_peer(session_id, now):
+            if info is not None and session.state is SessionState.ACTIVE and not self._peer_protection(info, now):
                 out.append((info.peer, str(info.key.reversed())))
         return out
 

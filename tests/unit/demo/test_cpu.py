@@ -58,6 +58,7 @@ def test_the_steal_sampler_cuts_the_workload_into_windows_of_the_machines_steal(
     assert all(a < b for a, b, _ in windows)
     assert all(w[1] == v[0] for w, v in zip(windows, windows[1:], strict=False)), "windows tile the workload"
     assert {pct for _, _, pct in windows} == {0.0, 33.3}
+    assert 0 < sampler.shares()["steal_pct"] < 33.3, "the whole run, from the first reading to stop()"
 
 
 def test_quiet_latencies_leave_out_the_requests_a_steal_window_touched() -> None:
