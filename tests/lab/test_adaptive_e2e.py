@@ -131,7 +131,7 @@ def _protected_rpc(lab, seconds: float, result: dict) -> threading.Thread:  # ty
 def _degrade_core(lab) -> None:  # type: ignore[no-untyped-def]
     # Queue on the core link in both directions: the nodes see their standard paths degraded.
     from topomirror.lab.realize import set_link
-    from topomirror.lab.traffic import _wait_listening
+    from topomirror.lab.traffic import wait_listening
 
     set_link(lab.spec, lab.file, "core", bw="10mbit", queue="100p")
     # TCP from h4 to h2, forwarded by e2 into the 10 Mbit/s core (e2 -> e1, the direction h3's
@@ -139,7 +139,7 @@ def _degrade_core(lab) -> None:  # type: ignore[no-untyped-def]
     # the RPCs on the same queue once the mirror is gone.
     subprocess.Popen(["ip", "netns", "exec", lab.plan.namespace("h2"), "iperf3", "-s", "-1", "-p", "5301"],
                      stdout=subprocess.DEVNULL)
-    _wait_listening(lab.plan, "h2", 5301)
+    wait_listening(lab.plan, "h2", 5301)
     subprocess.Popen(["ip", "netns", "exec", lab.plan.namespace("h4"), "iperf3", "-c",
                       str(lab.plan.address_of("h2")), "-p", "5301", "-t", "40"], stdout=subprocess.DEVNULL)
     time.sleep(1.5)

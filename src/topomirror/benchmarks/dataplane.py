@@ -8,10 +8,13 @@ On the two-path lab with node daemons on h1, h2 and relay r1:
   with at most 0.1 % loss (iperf3 -u -w 4M, bisection); `..._default_buffers`: the same with
   iperf3's default socket buffers, where the receiving application's 212 kB buffer overflows
   first when the tunnel delivers a burst;
-- added_latency_p50_us / p99_us: one-way delay of numbered probes at 10k packets/s through the
-  mirrored overlay minus the same over the direct underlay (every node shares one clock), read by
-  the receiving application; `added_latency_socket_*`: the same from the kernel's arrival stamps
-  at the receiving socket (the receiver's wake-up left out);
+- added_latency_p50_us / p99_us: one-way delay of numbered probes at 10k packets/s (evenly
+  paced) through the mirrored overlay minus the same over the direct underlay (every node shares
+  one clock), read by the receiving application; `added_latency_socket_*`: the same from the
+  kernel's arrival stamps at the receiving socket (the receiver's wake-up left out);
+  `added_latency_single_path_p50_us`: the same on a port no rule mirrors;
+  `floor_two_hops_p50_us`: what two bare forwarders (`lab.forward`, one per host, no tunnel)
+  add: the cheapest two user-space hops this machine allows; `_at_2kpps`: the same at 2k/s;
 - python_*: with `reference`, the lab deployed again with `TOPOMIRROR_DATAPLANE=python` (the
   pure-Python reference data plane) for the duplicated TCP goodput and the lossless UDP rate, so
   the native loop's gain is a ratio from one run.
@@ -20,6 +23,7 @@ On the two-path lab with node daemons on h1, h2 and relay r1:
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +31,7 @@ from pathlib import Path
 from topomirror.lab.plan import compile_lab
 from topomirror.lab.realize import deploy, destroy
 from topomirror.lab.spec import load_lab
-from topomirror.lab.traffic import iperf3_tcp, udp_probe
+from topomirror.lab.traffic import ProbeResult, TrafficError, in_node, iperf3_tcp, udp_probe, wait_listening
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "labs"
 H2_OVERLAY = "172.16.2.1"
@@ -61,35 +65,7 @@ def run(*, seconds: float = 5.0, quick: bool = False, reference: bool = True,
         # over what arrived during a scheduling gap in one burst, which a small buffer drops.
         results["dup_udp_pps_lossless_default_buffers"], results["udp_trials_default_buffers"] = _lossless_pps(
             plan, seconds=min(seconds, 3.0), steps=4 if quick else 6, progress=progress, buffer=None)
-        progress("latency at 10k packets/s")
-        count = 20_000 if quick else 50_000
-        direct = udp_probe(plan, "h1", "h2", count=count, rate_pps=10_000, size=200, port=9401,
-                           dst_address=h2_direct)
-        tunnel = udp_probe(plan, "h1", "h2", count=count, rate_pps=10_000, size=200, port=9400,
-                           dst_address=H2_OVERLAY)
-        assert direct.owd_p50_us is not None and tunnel.owd_p50_us is not None
-        assert direct.owd_p99_us is not None and tunnel.owd_p99_us is not None
-        results["added_latency_p50_us"] = round(tunnel.owd_p50_us - direct.owd_p50_us, 1)
-        results["added_latency_p99_us"] = round(tunnel.owd_p99_us - direct.owd_p99_us, 1)
-        # The same at the receiving socket (kernel arrival stamps): the receiver's own wake-up
-        # left out, so what remains is what the path added.
-        if direct.owd_kernel_p50_us is not None and tunnel.owd_kernel_p50_us is not None:
-            results["added_latency_socket_p50_us"] = round(tunnel.owd_kernel_p50_us - direct.owd_kernel_p50_us, 1)
-            results["added_latency_socket_p99_us"] = round(tunnel.owd_kernel_p99_us - direct.owd_kernel_p99_us, 1)  # type: ignore[operator]
-        results["latency_detail"] = {
-            name: {"p50_us": probe.owd_p50_us, "p99_us": probe.owd_p99_us, "socket_p50_us": probe.owd_kernel_p50_us,
-                   "socket_p99_us": probe.owd_kernel_p99_us, "loss": probe.loss}
-            for name, probe in (("direct", direct), ("tunnel_dup", tunnel))
-        }
-        # The same at a rate the tunnel sustains: what a packet pays when the node is not saturated.
-        progress("latency at 2k packets/s")
-        direct2 = udp_probe(plan, "h1", "h2", count=count // 5, rate_pps=2_000, size=200, port=9401,
-                            dst_address=h2_direct)
-        tunnel2 = udp_probe(plan, "h1", "h2", count=count // 5, rate_pps=2_000, size=200, port=9400,
-                            dst_address=H2_OVERLAY)
-        assert None not in (direct2.owd_p50_us, tunnel2.owd_p50_us, direct2.owd_p99_us, tunnel2.owd_p99_us)
-        results["added_latency_p50_us_at_2kpps"] = round(tunnel2.owd_p50_us - direct2.owd_p50_us, 1)  # type: ignore[operator]
-        results["added_latency_p99_us_at_2kpps"] = round(tunnel2.owd_p99_us - direct2.owd_p99_us, 1)  # type: ignore[operator]
+        results.update(_latency(plan, h2_direct, count=20_000 if quick else 50_000, progress=progress))
     finally:
         progress("destroying the lab")
         destroy(spec)
@@ -107,6 +83,54 @@ def run(*, seconds: float = 5.0, quick: bool = False, reference: bool = True,
             int(results["dup_udp_pps_lossless"]) / int(results["python_dup_udp_pps_lossless"]), 2)  # type: ignore[call-overload]
         results["ratios"]["native_vs_python_dup_tcp"] = round(  # type: ignore[index]
             float(results["dup_tcp_gbps"]) / float(results["python_dup_tcp_gbps"]), 2)  # type: ignore[arg-type]
+    return results
+
+
+def _latency(plan, h2_direct: str, *, count: int,  # type: ignore[no-untyped-def]
+             progress: Callable[[str], None]) -> dict[str, object]:
+    """One-way delay at 10k and 2k packets/s: the direct path, the floor (two bare forwarders),
+    the tunnel on one path and duplicated. The probes are evenly paced (one datagram per wake-up
+    of the sender), so no datagram waits behind earlier ones of its own burst at every hop."""
+    results: dict[str, object] = {}
+    probes: dict[str, ProbeResult] = {}
+    # The floor: h1 127.0.0.1:9501 -> forwarder -> h2's underlay :9502 -> forwarder -> 127.0.0.1:9503.
+    first = [sys.executable, "-m", "topomirror.lab.forward", "--listen", "127.0.0.1:9501", "--to", f"{h2_direct}:9502"]
+    second = [sys.executable, "-m", "topomirror.lab.forward", "--listen", f"{h2_direct}:9502", "--to", "127.0.0.1:9503"]
+    with in_node(plan, "h1", first), in_node(plan, "h2", second):
+        wait_listening(plan, "h1", 9501, "udp")
+        wait_listening(plan, "h2", 9502, "udp")
+        for rate, suffix, n in ((10_000, "", count), (2_000, "_at_2kpps", count // 5)):
+            progress(f"latency at {rate // 1000}k packets/s")
+            probes["direct" + suffix] = udp_probe(plan, "h1", "h2", count=n, rate_pps=rate, size=200, port=9401,
+                                                  dst_address=h2_direct, even=True)
+            probes["floor" + suffix] = udp_probe(plan, "h1", "h2", count=n, rate_pps=rate, size=200, port=9501,
+                                                 dst_address="127.0.0.1", recv_port=9503, even=True)
+            probes["single" + suffix] = udp_probe(plan, "h1", "h2", count=n, rate_pps=rate, size=200, port=9402,
+                                                  dst_address=H2_OVERLAY, even=True)
+            probes["tunnel_dup" + suffix] = udp_probe(plan, "h1", "h2", count=n, rate_pps=rate, size=200, port=9400,
+                                                      dst_address=H2_OVERLAY, even=True)
+    def added(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else round(a - b, 1)
+
+    for suffix in ("", "_at_2kpps"):
+        direct, tunnel = probes["direct" + suffix], probes["tunnel_dup" + suffix]
+        floor, single = probes["floor" + suffix], probes["single" + suffix]
+        if any(probe.owd_p50_us is None for probe in (direct, tunnel, floor, single)):
+            raise TrafficError("a latency probe received nothing: is the lab's data plane up?")
+        results["added_latency_p50_us" + suffix] = added(tunnel.owd_p50_us, direct.owd_p50_us)
+        results["added_latency_p99_us" + suffix] = added(tunnel.owd_p99_us, direct.owd_p99_us)
+        # At the receiving socket (kernel arrival stamps): the receiver's own wake-up left out.
+        results["added_latency_socket_p50_us" + suffix] = added(tunnel.owd_kernel_p50_us, direct.owd_kernel_p50_us)
+        results["added_latency_socket_p99_us" + suffix] = added(tunnel.owd_kernel_p99_us, direct.owd_kernel_p99_us)
+        # What two bare user-space hops add on this machine, and the tunnel on one path only.
+        results["floor_two_hops_p50_us" + suffix] = added(floor.owd_p50_us, direct.owd_p50_us)
+        results["floor_two_hops_socket_p50_us" + suffix] = added(floor.owd_kernel_p50_us, direct.owd_kernel_p50_us)
+        results["added_latency_single_path_p50_us" + suffix] = added(single.owd_p50_us, direct.owd_p50_us)
+    results["latency_detail"] = {
+        name: {"p50_us": probe.owd_p50_us, "p99_us": probe.owd_p99_us, "socket_p50_us": probe.owd_kernel_p50_us,
+               "socket_p99_us": probe.owd_kernel_p99_us, "loss": probe.loss}
+        for name, probe in probes.items()
+    }
     return results
 
 

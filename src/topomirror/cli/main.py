@@ -756,7 +756,8 @@ def bench_dataplane(
         results = dataplane.run(seconds=seconds, quick=quick, reference=reference, progress=status.update)
     _report_bench("dataplane", results, out_dir, json_out, (
         "direct_tcp_gbps", "tunnel_tcp_gbps", "dup_tcp_gbps", "dup_udp_pps_lossless",
-        "added_latency_p50_us", "added_latency_p99_us"))
+        "added_latency_p50_us", "added_latency_p99_us", "added_latency_single_path_p50_us",
+        "floor_two_hops_p50_us"))
 
 
 @bench_app.command("flows")

@@ -26,13 +26,13 @@ _TIMESPEC = struct.Struct("@qq")
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; the cmsg carries a struct timespec
 
 
-def send(to: str, port: int, count: int, rate: int, size: int) -> None:
+def send(to: str, port: int, count: int, rate: int, size: int, *, even: bool = False) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     padding = b"\0" * max(0, size - _HEADER.size)
+    if even:
+        _fine_timer_slack()
     start = time.perf_counter()
     seq = 0
-    # Send whatever is due, then sleep a little: paced to the rate on average, in bursts of at
-    # most ~1 ms worth, without spinning a core (the nodes under test need the CPU).
     while seq < count:
         due = min(count, int((time.perf_counter() - start) * rate) + 1)
         while seq < due:
@@ -41,7 +41,24 @@ def send(to: str, port: int, count: int, rate: int, size: int) -> None:
             except OSError:
                 pass  # a full or unreachable path is loss, as on a real network
             seq += 1
-        time.sleep(0.0005)
+        if even:
+            # Sleep until the next datagram is due: one datagram per wake-up while the wake-ups
+            # keep up, so no datagram queues behind earlier ones of its own burst.
+            time.sleep(max(0.0, start + seq / rate - time.perf_counter()))
+        else:
+            # Send whatever is due, then sleep a little: paced to the rate on average, in bursts
+            # of at most ~1 ms worth, without waking for every datagram.
+            time.sleep(0.0005)
+
+
+def _fine_timer_slack() -> None:
+    """Let this process's sleeps end within 1 us of their deadline (Linux's default slack is 50 us)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(29, 1000, 0, 0, 0)  # PR_SET_TIMERSLACK, in ns
+    except (OSError, AttributeError):
+        pass
 
 
 def recv(port: int, idle: float, max_seconds: float) -> dict[str, object]:
@@ -97,13 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--count", type=int, default=2000)
     s.add_argument("--rate", type=int, default=2000, help="datagrams per second")
     s.add_argument("--size", type=int, default=64)
+    s.add_argument("--even", action="store_true",
+                   help="one datagram per wake-up, at even gaps (default: bursts of up to ~0.5 ms worth)")
     r = sub.add_parser("recv")
     r.add_argument("--port", type=int, default=9400)
     r.add_argument("--idle", type=float, default=1.0)
     r.add_argument("--max-seconds", type=float, default=30.0)
     args = parser.parse_args(argv)
     if args.mode == "send":
-        send(args.to, args.port, args.count, args.rate, args.size)
+        send(args.to, args.port, args.count, args.rate, args.size, even=args.even)
     else:
         print(json.dumps(recv(args.port, args.idle, args.max_seconds)), flush=True)
     return 0

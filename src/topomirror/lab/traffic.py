@@ -45,7 +45,7 @@ def run_in_node(plan: LabPlan, node: str, argv: list[str], timeout: float = 60
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _wait_listening(plan: LabPlan, node: str, port: int, proto: str = "tcp",
+def wait_listening(plan: LabPlan, node: str, port: int, proto: str = "tcp",
                     timeout: float = 5.0) -> None:
     flag = "-ltn" if proto == "tcp" else "-lun"
     deadline = time.monotonic() + timeout
@@ -69,7 +69,7 @@ def iperf3_tcp(plan: LabPlan, src: str, dst: str, *, seconds: float = 3.0, port:
     """TCP goodput from src to dst measured by iperf3 (receiver side)."""
     address = dst_address or str(plan.address_of(dst))
     with in_node(plan, dst, ["iperf3", "-s", "-1", "-p", str(port)]):
-        _wait_listening(plan, dst, port)
+        wait_listening(plan, dst, port)
         res = run_in_node(plan, src, ["iperf3", "-c", address, "-p", str(port), "-t",
                                       str(seconds), "-J", *(extra or [])],
                           timeout=seconds + 30)
@@ -102,17 +102,24 @@ class ProbeResult:
 
 
 def udp_probe(plan: LabPlan, src: str, dst: str, *, count: int = 2000, rate_pps: int = 2000,
-              size: int = 64, port: int = 9400, dst_address: str | None = None) -> ProbeResult:
-    """Send `count` numbered UDP datagrams src -> dst; count distinct arrivals."""
+              size: int = 64, port: int = 9400, dst_address: str | None = None,
+              even: bool = False, recv_port: int | None = None) -> ProbeResult:
+    """Send `count` numbered UDP datagrams src -> dst; count distinct arrivals.
+
+    `even`: one datagram per wake-up of the sender at even gaps instead of bursts of up to
+    0.5 ms worth. `recv_port`: the receiver listens there instead of on `port` (when something
+    in between, such as `lab.forward`, carries the datagrams from one port to the other)."""
     address = dst_address or str(plan.address_of(dst))
     duration = count / rate_pps
-    receiver = [sys.executable, "-m", "topomirror.lab.probe", "recv", "--port", str(port),
+    listen = recv_port or port
+    receiver = [sys.executable, "-m", "topomirror.lab.probe", "recv", "--port", str(listen),
                 "--idle", "1.0", "--max-seconds", str(duration + 10)]
     with in_node(plan, dst, receiver) as proc:
-        _wait_listening(plan, dst, port, "udp")
+        wait_listening(plan, dst, listen, "udp")
         sent = run_in_node(plan, src, [sys.executable, "-m", "topomirror.lab.probe", "send",
                                        "--to", address, "--port", str(port), "--count",
-                                       str(count), "--rate", str(rate_pps), "--size", str(size)],
+                                       str(count), "--rate", str(rate_pps), "--size", str(size)]
+                           + (["--even"] if even else []),
                            timeout=duration + 30)
         if sent.returncode != 0:
             raise TrafficError(f"probe sender failed: {sent.stderr.strip()}")

@@ -35,3 +35,27 @@ def test_probe_counts_duplicates_and_stamps_arrival_at_the_socket_before_the_app
     assert isinstance(kernel, float) and isinstance(app, float)
     # The kernel stamps a datagram when it reaches the socket; the application reads it later.
     assert 0 <= kernel <= app
+
+
+def _send_stamps(*, even: bool, rate: int, count: int) -> list[int]:
+    """The send times (ns) the probe wrote into each datagram, as a plain socket received them."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
+        sink.bind(("127.0.0.1", 0))
+        sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        probe.send("127.0.0.1", sink.getsockname()[1], count=count, rate=rate, size=64, even=even)
+        sink.settimeout(1.0)
+        stamps = []
+        for _ in range(count):
+            data = sink.recv(2048)
+            stamps.append(probe._HEADER.unpack_from(data)[1])
+    return stamps
+
+
+def test_even_pacing_sends_one_datagram_per_gap_instead_of_bursts() -> None:
+    rate, count = 5000, 1000  # 200 us apart
+    stamps = _send_stamps(even=True, rate=rate, count=count)
+    gaps = sorted(b - a for a, b in zip(stamps, stamps[1:], strict=False))
+    # Bursts (the default) put most datagrams microseconds after the previous one; evenly paced,
+    # the typical gap is the interval (a late wake-up sends two at once now and then).
+    assert gaps[len(gaps) // 2] >= 100_000
+    assert (stamps[-1] - stamps[0]) / 1e9 >= (count - 1) / rate * 0.9  # paced, not sent at once
