@@ -10,7 +10,8 @@ On the two-path lab with node daemons on h1, h2 and relay r1:
   first when the tunnel delivers a burst;
 - added_latency_p50_us / p99_us: one-way delay of numbered probes at 10k packets/s (evenly
   paced) through the mirrored overlay minus the same over the direct underlay (every node shares
-  one clock), read by the receiving application; `added_latency_socket_*`: the same from the
+  one clock), read by the receiving application; the median over 5 alternating rounds of 1.5 s
+  (2 with --quick) of each round's difference; `added_latency_socket_*`: the same from the
   kernel's arrival stamps at the receiving socket (the receiver's wake-up left out);
   `added_latency_single_path_p50_us`: the same on a port no rule mirrors;
   `floor_two_hops_p50_us`: what two bare forwarders (`lab.forward`, one per host, no tunnel)
@@ -23,6 +24,7 @@ On the two-path lab with node daemons on h1, h2 and relay r1:
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -65,7 +67,7 @@ def run(*, seconds: float = 5.0, quick: bool = False, reference: bool = True,
         # over what arrived during a scheduling gap in one burst, which a small buffer drops.
         results["dup_udp_pps_lossless_default_buffers"], results["udp_trials_default_buffers"] = _lossless_pps(
             plan, seconds=min(seconds, 3.0), steps=4 if quick else 6, progress=progress, buffer=None)
-        results.update(_latency(plan, h2_direct, count=20_000 if quick else 50_000, progress=progress))
+        results.update(_latency(plan, h2_direct, rounds=2 if quick else 5, seconds=1.5, progress=progress))
     finally:
         progress("destroying the lab")
         destroy(spec)
@@ -86,52 +88,62 @@ def run(*, seconds: float = 5.0, quick: bool = False, reference: bool = True,
     return results
 
 
-def _latency(plan, h2_direct: str, *, count: int,  # type: ignore[no-untyped-def]
+PROBES = ("direct", "floor", "single", "tunnel_dup")
+
+
+def _latency(plan, h2_direct: str, *, rounds: int, seconds: float,  # type: ignore[no-untyped-def]
              progress: Callable[[str], None]) -> dict[str, object]:
     """One-way delay at 10k and 2k packets/s: the direct path, the floor (two bare forwarders),
-    the tunnel on one path and duplicated. The probes are evenly paced (one datagram per wake-up
-    of the sender), so no datagram waits behind earlier ones of its own burst at every hop."""
+    the tunnel on one path and duplicated, in `rounds` alternating rounds (a figure is the median
+    over the rounds of the tunnel's minus the direct path's, so a noisy minute hits both). The
+    probes are evenly paced (one datagram per wake-up of the sender), so no datagram waits behind
+    earlier ones of its own burst at every hop."""
     results: dict[str, object] = {}
-    probes: dict[str, ProbeResult] = {}
+    probes: dict[str, list[ProbeResult]] = {}
     # The floor: h1 127.0.0.1:9501 -> forwarder -> h2's underlay :9502 -> forwarder -> 127.0.0.1:9503.
     first = [sys.executable, "-m", "topomirror.lab.forward", "--listen", "127.0.0.1:9501", "--to", f"{h2_direct}:9502"]
     second = [sys.executable, "-m", "topomirror.lab.forward", "--listen", f"{h2_direct}:9502", "--to", "127.0.0.1:9503"]
+    targets = {"direct": (9401, h2_direct, None), "floor": (9501, "127.0.0.1", 9503),
+               "single": (9402, H2_OVERLAY, None), "tunnel_dup": (9400, H2_OVERLAY, None)}
     with in_node(plan, "h1", first), in_node(plan, "h2", second):
         wait_listening(plan, "h1", 9501, "udp")
         wait_listening(plan, "h2", 9502, "udp")
-        for rate, suffix, n in ((10_000, "", count), (2_000, "_at_2kpps", count // 5)):
-            progress(f"latency at {rate // 1000}k packets/s")
-            probes["direct" + suffix] = udp_probe(plan, "h1", "h2", count=n, rate_pps=rate, size=200, port=9401,
-                                                  dst_address=h2_direct, even=True)
-            probes["floor" + suffix] = udp_probe(plan, "h1", "h2", count=n, rate_pps=rate, size=200, port=9501,
-                                                 dst_address="127.0.0.1", recv_port=9503, even=True)
-            probes["single" + suffix] = udp_probe(plan, "h1", "h2", count=n, rate_pps=rate, size=200, port=9402,
-                                                  dst_address=H2_OVERLAY, even=True)
-            probes["tunnel_dup" + suffix] = udp_probe(plan, "h1", "h2", count=n, rate_pps=rate, size=200, port=9400,
-                                                      dst_address=H2_OVERLAY, even=True)
-    def added(a: float | None, b: float | None) -> float | None:
-        return None if a is None or b is None else round(a - b, 1)
-
+        for rate, suffix in ((10_000, ""), (2_000, "_at_2kpps")):
+            for round_ in range(rounds):
+                progress(f"latency at {rate // 1000}k packets/s, round {round_ + 1}/{rounds}")
+                for name in PROBES:
+                    port, address, recv_port = targets[name]
+                    probe = udp_probe(plan, "h1", "h2", count=int(rate * seconds), rate_pps=rate, size=200,
+                                      port=port, dst_address=address, recv_port=recv_port, even=True)
+                    if probe.owd_p50_us is None:
+                        raise TrafficError(f"the {name} latency probe received nothing: is the lab's data plane up?")
+                    probes.setdefault(name + suffix, []).append(probe)
     for suffix in ("", "_at_2kpps"):
         direct, tunnel = probes["direct" + suffix], probes["tunnel_dup" + suffix]
         floor, single = probes["floor" + suffix], probes["single" + suffix]
-        if any(probe.owd_p50_us is None for probe in (direct, tunnel, floor, single)):
-            raise TrafficError("a latency probe received nothing: is the lab's data plane up?")
-        results["added_latency_p50_us" + suffix] = added(tunnel.owd_p50_us, direct.owd_p50_us)
-        results["added_latency_p99_us" + suffix] = added(tunnel.owd_p99_us, direct.owd_p99_us)
+        results["added_latency_p50_us" + suffix] = _added(tunnel, direct, "owd_p50_us")
+        results["added_latency_p99_us" + suffix] = _added(tunnel, direct, "owd_p99_us")
         # At the receiving socket (kernel arrival stamps): the receiver's own wake-up left out.
-        results["added_latency_socket_p50_us" + suffix] = added(tunnel.owd_kernel_p50_us, direct.owd_kernel_p50_us)
-        results["added_latency_socket_p99_us" + suffix] = added(tunnel.owd_kernel_p99_us, direct.owd_kernel_p99_us)
+        results["added_latency_socket_p50_us" + suffix] = _added(tunnel, direct, "owd_kernel_p50_us")
+        results["added_latency_socket_p99_us" + suffix] = _added(tunnel, direct, "owd_kernel_p99_us")
         # What two bare user-space hops add on this machine, and the tunnel on one path only.
-        results["floor_two_hops_p50_us" + suffix] = added(floor.owd_p50_us, direct.owd_p50_us)
-        results["floor_two_hops_socket_p50_us" + suffix] = added(floor.owd_kernel_p50_us, direct.owd_kernel_p50_us)
-        results["added_latency_single_path_p50_us" + suffix] = added(single.owd_p50_us, direct.owd_p50_us)
+        results["floor_two_hops_p50_us" + suffix] = _added(floor, direct, "owd_p50_us")
+        results["floor_two_hops_socket_p50_us" + suffix] = _added(floor, direct, "owd_kernel_p50_us")
+        results["added_latency_single_path_p50_us" + suffix] = _added(single, direct, "owd_p50_us")
+    results["latency_rounds"] = rounds
     results["latency_detail"] = {
-        name: {"p50_us": probe.owd_p50_us, "p99_us": probe.owd_p99_us, "socket_p50_us": probe.owd_kernel_p50_us,
-               "socket_p99_us": probe.owd_kernel_p99_us, "loss": probe.loss}
-        for name, probe in probes.items()
+        name: [{"p50_us": probe.owd_p50_us, "p99_us": probe.owd_p99_us, "socket_p50_us": probe.owd_kernel_p50_us,
+                "socket_p99_us": probe.owd_kernel_p99_us, "loss": round(probe.loss, 5)} for probe in runs]
+        for name, runs in probes.items()
     }
     return results
+
+
+def _added(path: list[ProbeResult], direct: list[ProbeResult], field: str) -> float | None:
+    """The median over the rounds of what `path` took more than the direct path in the same round."""
+    differences = [getattr(p, field) - getattr(d, field) for p, d in zip(path, direct, strict=True)
+                   if getattr(p, field) is not None and getattr(d, field) is not None]
+    return round(statistics.median(differences), 1) if differences else None
 
 
 def _python_reference(spec, plan, *, seconds: float, quick: bool,  # type: ignore[no-untyped-def]
