@@ -765,7 +765,7 @@ def bench_dataplane(
 def bench_flows(
     rate: Annotated[int, typer.Option(help="new flows per second offered")] = 5000,
     seconds: Annotated[float, typer.Option(help="seconds per iperf3 run")] = 5.0,
-    repetitions: Annotated[int, typer.Option(help="baseline / with-flows pairs")] = 3,
+    repetitions: Annotated[int, typer.Option(help="rounds of the three modes (alone, new flows, one flow)")] = 5,
     quick: Annotated[bool, typer.Option("--quick", help="one pair of 3 s runs")] = False,
     out_dir: Annotated[Path | None, typer.Option("--out", help="folder for the JSON result")] = None,
     json_out: JsonFlag = False,
@@ -779,8 +779,8 @@ def bench_flows(
                             progress=status.update)
     _report_bench("flows", results, out_dir, json_out, (
         "new_flows_per_s_offered", "new_flows_per_s_decided", "baseline_gbps", "with_flows_gbps",
-        "same_flow_gbps", "throughput_drop_pct", "decision_drop_pct", "analysis_dropped", "verdict",
-        "verdict_decisions_only"))
+        "same_flow_gbps", "throughput_drop_pct", "decision_drop_pct", "decision_drop_pct_quiet", "analysis_dropped",
+        "verdict", "verdict_decisions_only"))
 
 
 @bench_app.command("planning")

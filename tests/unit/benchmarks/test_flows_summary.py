@@ -20,3 +20,17 @@ def test_decisions_alone_are_judged_against_the_same_packets_on_one_flow() -> No
 def test_a_node_that_decides_too_few_flows_misses_both() -> None:
     result = summarise(_trials(0.25, 0.25, 0.25, 4000.0), rate=5000, seconds=5.0)
     assert result["verdict"] == "missed" and result["verdict_decisions_only"] == "missed"
+
+
+def test_quiet_figure_keeps_only_repetitions_whose_two_trials_ran_without_steal() -> None:
+    noisy = _trials(0.25, 0.10, 0.20, 5000.0)  # 50 % drop, with steal
+    for trial in noisy:
+        trial["machine_steal_pct"] = 12.0
+    calm = _trials(0.25, 0.19, 0.20, 5000.0)  # 5 % drop, quiet
+    for trial in calm:
+        trial["machine_steal_pct"] = 1.0
+    result = summarise(noisy + calm, rate=5000, seconds=5.0)
+    assert result["decision_drop_pct_per_repetition"] == [50.0, 5.0]
+    assert result["quiet_repetitions"] == 1 and result["decision_drop_pct_quiet"] == 5.0
+    # Trials without a steal reading (older results) count as not quiet.
+    assert summarise(_trials(0.25, 0.19, 0.20, 5000.0), rate=5000, seconds=5.0)["decision_drop_pct_quiet"] is None
