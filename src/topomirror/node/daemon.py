@@ -200,6 +200,8 @@ class Node:
         self.timer_slow_runs: dict[str, int] = {}  # runs over TIMER_SLOW_MS, and their time in all
         self.timer_slow_ms: dict[str, float] = {}
         self.timer_slow_cpu_ms: dict[str, float] = {}  # the loop thread's CPU time in those runs
+        self.timer_runs: dict[str, int] = {}  # every run of each timer, and the time they held the loop
+        self.timer_total_ms: dict[str, float] = {}
 
     # -- clocks --------------------------------------------------------------------------
     def _now(self) -> tuple[float, int]:
@@ -850,6 +852,8 @@ class Node:
                     log.exception("timer %s failed (further identical errors are only counted)", name)
             # A timer runs on the packet loop: every millisecond here is a millisecond no packet moves.
             took_ms = (time.perf_counter() - started) * 1000
+            self.timer_runs[name] = self.timer_runs.get(name, 0) + 1
+            self.timer_total_ms[name] = self.timer_total_ms.get(name, 0.0) + took_ms
             if took_ms > self.timer_slowest_ms.get(name, 0.0):
                 self.timer_slowest_ms[name] = round(took_ms, 2)
             if took_ms > TIMER_SLOW_MS:
@@ -939,7 +943,8 @@ class Node:
             "policy": self.config.adaptive.policy, "analysis_dropped": self.analysis_dropped,
             "timer_errors": self.timer_errors, "timer_slowest_ms": dict(self.timer_slowest_ms),
             "timer_slow_runs": dict(self.timer_slow_runs), "timer_slow_ms": dict(self.timer_slow_ms),
-            "timer_slow_cpu_ms": dict(self.timer_slow_cpu_ms),
+            "timer_slow_cpu_ms": dict(self.timer_slow_cpu_ms), "timer_runs": dict(self.timer_runs),
+            "timer_total_ms": {name: round(ms, 1) for name, ms in self.timer_total_ms.items()},
             # Collections per generation (pause times would need gc.callbacks, which cost the
             # packet loop several times what they measure).
             "gc": [stats["collections"] for stats in gc.get_stats()],
