@@ -202,6 +202,8 @@ class Node:
         self.timer_slow_cpu_ms: dict[str, float] = {}  # the loop thread's CPU time in those runs
         self.timer_runs: dict[str, int] = {}  # every run of each timer, and the time they held the loop
         self.timer_total_ms: dict[str, float] = {}
+        self._paced: deque[tuple[bytes, tuple[str, int]]] = deque()  # _send_paced's queue
+        self._paced_scheduled = False
 
     # -- clocks --------------------------------------------------------------------------
     def _now(self) -> tuple[float, int]:
@@ -446,6 +448,35 @@ class Node:
     def _send(self, datagram: bytes, address: tuple[str, int]) -> None:
         self._send_all([(datagram, address)])
 
+    def _send_paced(self, items: list[tuple[bytes, tuple[str, int]]]) -> None:
+        """Measurement datagrams a timer made (FEEDBACK, PROBE): one per turn of the loop, so the
+        packets that arrive meanwhile are not held behind the lot. A send can take a while: on a
+        veth network the kernel carries the datagram through every hop in the sender's system
+        call (0.1-0.2 ms here), and a feedback tick sends one per path to every active peer."""
+        if not items:
+            return
+        if self.loop is None:  # no loop running (tests driving a tick by hand): all at once
+            self._send_all(items)
+            return
+        self._paced.extend(items)
+        if not self._paced_scheduled:
+            self._paced_scheduled = True
+            self.loop.call_soon(self._send_one_paced)
+
+    def _send_one_paced(self) -> None:
+        started = time.perf_counter()
+        try:
+            if self._paced and self.udp is not None:
+                self._send_all([self._paced.popleft()])
+        finally:
+            self.timer_runs["_send_paced"] = self.timer_runs.get("_send_paced", 0) + 1
+            self.timer_total_ms["_send_paced"] = (self.timer_total_ms.get("_send_paced", 0.0)
+                                                  + (time.perf_counter() - started) * 1000)
+            if self._paced and self.loop is not None and not self._stop.is_set():
+                self.loop.call_soon(self._send_one_paced)
+            else:
+                self._paced_scheduled = False
+
     @property
     def tx_errors(self) -> dict[str, int]:
         return self.udp.errors if self.udp is not None else {}
@@ -597,9 +628,7 @@ class Node:
     def _feedback_tick(self) -> None:
         assert self.sock is not None
         now, now_us = self._now()
-        messages = self.engine.feedback_messages(self.config.timers.feedback_ms, now, now_us)
-        if messages:
-            self._send_all(messages)
+        self._send_paced(self.engine.feedback_messages(self.config.timers.feedback_ms, now, now_us))
 
     def _probe_tick(self) -> None:
         assert self.sock is not None
@@ -611,9 +640,8 @@ class Node:
             for route in self.engine.routes_to(peer):
                 if now - route.last_sent >= idle:
                     self.probes_sent += 1
-                    for datagram, address in self.engine.message(peer, MessageType.PROBE, Probe(self.probes_sent),
-                                                                  [route], now, now_us):
-                        self._send(datagram, address)
+                    self._send_paced(self.engine.message(peer, MessageType.PROBE, Probe(self.probes_sent),
+                                                         [route], now, now_us))
 
     def _analysis_tick(self) -> None:
         """Metadata of first packets, off the packet path."""

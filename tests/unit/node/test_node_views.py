@@ -174,3 +174,29 @@ def test_a_mirrored_flow_the_native_loop_carries_is_charged_to_both_budgets_and_
     # before its bucket could have gone short.
     assert raw not in node.engine.tx.flows and not node._native_budgeted  # type: ignore[union-attr]
     assert entry.bucket.refused_bytes == 0
+
+
+def test_measurement_datagrams_leave_one_per_turn_of_the_loop_so_packets_go_between(node: Node) -> None:
+    import asyncio
+
+    events: list[str] = []
+
+    class Udp:
+        def send(self, items: list[tuple[bytes, tuple[str, int]]]) -> list[int]:
+            events.extend(f"send {datagram.decode()}" for datagram, _ in items)
+            return []
+
+    node.udp = Udp()  # type: ignore[assignment]
+    address = ("10.0.0.2", 4789)
+
+    async def scenario() -> None:
+        node.loop = asyncio.get_running_loop()
+        node._send_paced([(b"feedback-1", address), (b"feedback-2", address), (b"feedback-3", address)])
+        node.loop.call_soon(lambda: events.append("packet"))  # a packet's reader callback, meanwhile
+        for _ in range(10):
+            await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert events == ["send feedback-1", "packet", "send feedback-2", "send feedback-3"]
+    assert node.timer_runs["_send_paced"] == 3
+    assert not node._paced_scheduled

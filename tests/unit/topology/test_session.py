@@ -210,6 +210,19 @@ def test_session_lease_expiry_withdraws_and_renewal_keeps_it() -> None:
     assert kept.tick(now=5.0).state is SessionState.ACTIVE
 
 
+def test_renewal_leaves_the_session_alone_until_renew_every_s_has_passed() -> None:
+    session = active(policy=SessionPolicy(lease_s=3.0, renew_every_s=0.25))  # its lease started at 0
+    assert session.renew(now=0.2).session is session  # renewed 0.2 s ago (at its start): nothing to write
+    renewed = session.renew(now=0.3).session
+    assert renewed.lease.expires_at == pytest.approx(3.3)
+    assert renewed.renew(now=0.5).session is renewed
+    # Renewed on every tick (20 ms), it never expires; its lease ends at most 0.25 s sooner.
+    for step in range(1, 500):
+        session = session.renew(now=step * 0.02).session
+        assert session.tick(now=step * 0.02).state is SessionState.ACTIVE
+        assert session.lease.expires_at >= step * 0.02 + 3.0 - 0.25
+
+
 def test_relay_vcs_are_renewed_while_active() -> None:
     session = active()  # activated at 0.03
     assert session.tick(now=0.3).actions == ()
