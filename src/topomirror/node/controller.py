@@ -453,7 +453,11 @@ class Controller:
                 forecast[link] = max(forecast.get(link, 0.0), 0.9)
         return forecast
 
-    def _wants_mirror(self, info: FlowInfo, now: float) -> tuple[bool, str]:
+    def _wants_mirror(self, info: FlowInfo, now: float,
+                      per_peer: dict[str, tuple[bool, str]] | None = None) -> tuple[bool, str]:
+        """Whether `info` should be mirrored now, and why. `per_peer`: the answers of this tick
+        for what depends on the peer's path alone (announcements, the forecast), worked out once
+        per peer and tick rather than once per flow."""
         policy = self.settings.policy
         path = self.paths.get(info.peer)
         if policy in (Policy.OFF, Policy.STATIC):
@@ -477,15 +481,24 @@ class Controller:
             return False, "standard path healthy"
         if self.peer_protected and self._peer_protection(info, now):
             return True, f"{info.peer} mirrors the other direction of this connection"
-        announced = self.announced_on_path(info.peer, now)
+        if per_peer is None:
+            return self._path_wants_mirror(info.peer, path, now)
+        verdict = per_peer.get(info.peer)
+        if verdict is None:
+            verdict = per_peer[info.peer] = self._path_wants_mirror(info.peer, path, now)
+        return verdict
+
+    def _path_wants_mirror(self, peer: str, path: PeerPath | None, now: float) -> tuple[bool, str]:
+        """The predictive policy for a latency-sensitive flow to `peer` whose path is healthy now:
+        an announced transfer on the path, or the forecast."""
+        announced = self.announced_on_path(peer, now)
         forecast = path.forecast if path else None
-        segment = self.graph.segment(self.me, info.peer) if self.graph is not None else None
+        segment = self.graph.segment(self.me, peer) if self.graph is not None else None
         if announced and announced >= self.worth_announcing(segment):
-            return True, (f"{format_bytes(announced)} announced on the standard path to {info.peer} "
-                          f"(application metadata)")
+            return True, f"{format_bytes(announced)} announced on the standard path to {peer} (application metadata)"
         if forecast is None or path is None or len(path.history) < self.settings.warmup_reports:
             return False, "the predictor is still warming up on this path"
-        decision = decide(FlowSummary(info.traffic_class, info.peer), {info.peer: forecast}, now * 1000,
+        decision = decide(FlowSummary("latency_sensitive", peer), {peer: forecast}, now * 1000,
                           DecisionConfig(mirror_threshold=self.settings.probability_threshold))
         return decision.mirror, decision.reason
 
@@ -593,6 +606,7 @@ class Controller:
     def tick(self, now: float) -> list[Action]:
         actions: list[Action] = []
         self._check_silence(now)
+        per_peer: dict[str, tuple[bool, str]] = {}  # _wants_mirror's answers by peer, this tick
         for info in list(self.watched.values()):
             idle = now - info.last_seen > self.settings.flow_idle_s
             live = info.session_id is not None and info.session_id in self.sessions
@@ -605,7 +619,7 @@ class Controller:
             if not live and not self.might_mirror(info):
                 del self.watched[info.flow_id]  # its session ended: back to the idle sweep
                 continue
-            want, reason = self._wants_mirror(info, now)
+            want, reason = self._wants_mirror(info, now, per_peer)
             if want and not live and (now >= info.rearm_after or self._new_evidence(info, now)):
                 self._open(info, reason, now)
             elif want and live:

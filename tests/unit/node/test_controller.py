@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from topomirror.analysis.classify import Classifier, ClassifierConfig
 from topomirror.analysis.metadata import Metadata
 from topomirror.dataplane.packet import FlowKey
@@ -64,6 +66,24 @@ def test_announced_bulk_transfer_triggers_a_mirror_before_congestion() -> None:
     # The queue builds 60 ms later: the lead time is recorded.
     ctl.feedback("h1", [report(0, 30_000, wins=0), report(ctl._session_path_id(session), 300)], now + 0.06)
     assert ctl.lead_times_ms and ctl.lead_times_ms[0] > 0
+
+
+def test_the_path_is_judged_once_per_peer_and_tick_however_many_flows_go_there(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ctl = controller(Policy.PREDICTIVE)
+    for flow_id in range(1, 6):  # five RPC connections to h1
+        ctl.new_flow(flow_id, RPC._replace(dport=40000 + flow_id), "h1", 0.0)
+    ctl.feedback("h1", [report(0, 100)], 0.1)
+    looked: list[str] = []
+    announced_on_path = ctl.announced_on_path
+    monkeypatch.setattr(ctl, "announced_on_path", lambda peer, now: looked.append(peer) or announced_on_path(peer, now))
+    assert ctl.tick(0.1) == [] and looked == ["h1"]
+    ctl.announcement("h4", (("h4-e2", "h4", "e2"), ("core", "e2", "e1"), ("h2-e1", "e1", "h2")), 15_000_000, 4000, 0.2)
+    looked.clear()
+    ctl.tick(0.2)
+    assert looked == ["h1"]
+    # The one answer is every flow's: all five are mirrored.
+    assert len([s for s in ctl.sessions.values() if not s.state.terminal]) == 5
 
 
 def test_reactive_waits_for_degradation_and_ignores_announcements() -> None:
