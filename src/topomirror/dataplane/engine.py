@@ -376,15 +376,24 @@ class Engine:
         if errors:
             io_errors["send"] = io_errors.get("send", 0) + errors
 
-    def feedback_messages(self, interval_ms: int, now: float, now_us: int) -> list[tuple[bytes, Address]]:
+    def feedback_reports(self, interval_ms: int) -> list[tuple[PeerLink, Feedback]]:
+        """What each peer that sent us something since the last call gets told (its meters are
+        read and reset here); `feedback_message` seals one."""
         out = []
         for peer in self.peers.values():
             if peer.meters is None:
                 continue
             feedback = peer.meters.build(interval_ms)
             if feedback is not None:
-                # Sent on every path we have to the source: feedback must survive the failure
-                # it reports. The source de-duplicates the copies like any other message.
-                out.extend(self.message(peer, MessageType.FEEDBACK, feedback, self.routes_to(peer),
-                                        now, now_us))
+                out.append((peer, feedback))
         return out
+
+    def feedback_message(self, peer: PeerLink, feedback: Feedback, now: float,
+                         now_us: int) -> list[tuple[bytes, Address]]:
+        # Sent on every path we have to the source: feedback must survive the failure it
+        # reports. The source de-duplicates the copies like any other message.
+        return self.message(peer, MessageType.FEEDBACK, feedback, self.routes_to(peer), now, now_us)
+
+    def feedback_messages(self, interval_ms: int, now: float, now_us: int) -> list[tuple[bytes, Address]]:
+        return [item for peer, feedback in self.feedback_reports(interval_ms)
+                for item in self.feedback_message(peer, feedback, now, now_us)]

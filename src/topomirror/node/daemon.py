@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import gc
 import ipaddress
 import json
@@ -21,6 +22,7 @@ import signal
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -202,7 +204,8 @@ class Node:
         self.timer_slow_cpu_ms: dict[str, float] = {}  # the loop thread's CPU time in those runs
         self.timer_runs: dict[str, int] = {}  # every run of each timer, and the time they held the loop
         self.timer_total_ms: dict[str, float] = {}
-        self._paced: deque[tuple[bytes, tuple[str, int]]] = deque()  # _send_paced's queue
+        # _send_paced's queue: each item seals its message when its turn comes
+        self._paced: deque[Callable[[float, int], list[tuple[bytes, tuple[str, int]]]]] = deque()
         self._paced_scheduled = False
 
     # -- clocks --------------------------------------------------------------------------
@@ -448,17 +451,17 @@ class Node:
     def _send(self, datagram: bytes, address: tuple[str, int]) -> None:
         self._send_all([(datagram, address)])
 
-    def _send_paced(self, items: list[tuple[bytes, tuple[str, int]]]) -> None:
-        """Measurement datagrams a timer made (FEEDBACK, PROBE): one per turn of the loop, so the
-        packets that arrive meanwhile are not held behind the lot. A send can take a while: on a
-        veth network the kernel carries the datagram through every hop in the sender's system
-        call (0.1-0.2 ms here), and a feedback tick sends one per path to every active peer."""
-        if not items:
+    def _send_paced(self, make: Callable[[float, int], list[tuple[bytes, tuple[str, int]]]]) -> None:
+        """A measurement message a timer made (FEEDBACK, PROBE): sealed and sent at its own turn
+        of the loop, one message per turn, so the packets that arrive meanwhile are not held
+        behind the lot. `make(now, now_us)` seals its copies then: the send time they carry is
+        when they leave, so the wait in this queue is not measured as path delay. A send can take
+        a while: on a veth network the kernel carries the datagram through every hop in the
+        sender's system call (0.1-0.2 ms here), and a feedback tick tells every active peer."""
+        if self.loop is None:  # no loop running (tests driving a tick by hand): at once
+            self._send_all(make(*self._now()))
             return
-        if self.loop is None:  # no loop running (tests driving a tick by hand): all at once
-            self._send_all(items)
-            return
-        self._paced.extend(items)
+        self._paced.append(make)
         if not self._paced_scheduled:
             self._paced_scheduled = True
             self.loop.call_soon(self._send_one_paced)
@@ -467,7 +470,9 @@ class Node:
         started = time.perf_counter()
         try:
             if self._paced and self.udp is not None:
-                self._send_all([self._paced.popleft()])
+                items = self._paced.popleft()(*self._now())
+                if items:
+                    self._send_all(items)
         finally:
             self.timer_runs["_send_paced"] = self.timer_runs.get("_send_paced", 0) + 1
             self.timer_total_ms["_send_paced"] = (self.timer_total_ms.get("_send_paced", 0.0)
@@ -627,8 +632,9 @@ class Node:
 
     def _feedback_tick(self) -> None:
         assert self.sock is not None
-        now, now_us = self._now()
-        self._send_paced(self.engine.feedback_messages(self.config.timers.feedback_ms, now, now_us))
+        engine = self.engine
+        for peer, feedback in engine.feedback_reports(self.config.timers.feedback_ms):
+            self._send_paced(functools.partial(engine.feedback_message, peer, feedback))
 
     def _probe_tick(self) -> None:
         assert self.sock is not None
@@ -640,8 +646,8 @@ class Node:
             for route in self.engine.routes_to(peer):
                 if now - route.last_sent >= idle:
                     self.probes_sent += 1
-                    self._send_paced(self.engine.message(peer, MessageType.PROBE, Probe(self.probes_sent),
-                                                         [route], now, now_us))
+                    self._send_paced(functools.partial(self.engine.message, peer, MessageType.PROBE,
+                                                       Probe(self.probes_sent), [route]))
 
     def _analysis_tick(self) -> None:
         """Metadata of first packets, off the packet path."""

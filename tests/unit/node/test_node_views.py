@@ -176,7 +176,7 @@ def test_a_mirrored_flow_the_native_loop_carries_is_charged_to_both_budgets_and_
     assert entry.bucket.refused_bytes == 0
 
 
-def test_measurement_datagrams_leave_one_per_turn_of_the_loop_so_packets_go_between(node: Node) -> None:
+def test_measurement_messages_are_sealed_and_sent_one_per_turn_of_the_loop(node: Node) -> None:
     import asyncio
 
     events: list[str] = []
@@ -189,14 +189,23 @@ def test_measurement_datagrams_leave_one_per_turn_of_the_loop_so_packets_go_betw
     node.udp = Udp()  # type: ignore[assignment]
     address = ("10.0.0.2", 4789)
 
+    def message(name: str):  # type: ignore[no-untyped-def]
+        def make(now: float, now_us: int) -> list[tuple[bytes, tuple[str, int]]]:
+            events.append(f"seal {name}")  # sealed when its turn comes: its send time is then
+            return [(name.encode(), address), (name.encode(), address)]  # a copy per path
+        return make
+
     async def scenario() -> None:
         node.loop = asyncio.get_running_loop()
-        node._send_paced([(b"feedback-1", address), (b"feedback-2", address), (b"feedback-3", address)])
+        for name in ("feedback-1", "feedback-2", "probe-1"):
+            node._send_paced(message(name))
         node.loop.call_soon(lambda: events.append("packet"))  # a packet's reader callback, meanwhile
         for _ in range(10):
             await asyncio.sleep(0)
 
     asyncio.run(scenario())
-    assert events == ["send feedback-1", "packet", "send feedback-2", "send feedback-3"]
+    assert events == ["seal feedback-1", "send feedback-1", "send feedback-1", "packet",
+                      "seal feedback-2", "send feedback-2", "send feedback-2",
+                      "seal probe-1", "send probe-1", "send probe-1"]
     assert node.timer_runs["_send_paced"] == 3
     assert not node._paced_scheduled
