@@ -7,7 +7,7 @@ For each policy the diamond lab is deployed with every node daemon set to that p
   congest the shared core link (these are the congestion events);
 - in the default run, one core link failure of half a second.
 An uncongested run (the RPCs alone: no background, no bulk, no failure) gives the reference p99.
-In the default run a second reference, `uncongested_loaded`, runs the same transfers paced by curl
+In the default run a second reference, `uncongested_loaded`, runs the same transfers paced by the server
 below the core link's rate (and no failure), policy off: the nodes and the two cores carry the same
 load, only the queue is missing (as the adaptive end-to-end test's calm reference does).
 """
@@ -43,9 +43,10 @@ HOSTS = ("h1", "h2", "h3", "h4")
 RPC_PORT, BULK_PORT = 7000, 8080
 Progress = Callable[[str, float], None]
 QUIET_STEAL_PCT = 5.0  # CPU steal below this in a run: the machine did not decide its tail
-# The loaded reference's pacing: the two bulk transfers (6.4 Mbit/s each, overlapping for a few
-# seconds) and the background flows (2 Mbit/s each, a few at a time) stay under the core's 30 Mbit/s.
-PACED_BULK_RATE, PACED_BACKGROUND_RATE = "800K", "250K"
+# The loaded reference's pacing, in bytes/s, by the server's TCP stack (lab.bulk ?rate=): the two
+# bulk transfers (6.4 Mbit/s each, overlapping for a few seconds) and the background flows
+# (2 Mbit/s each, 6 Mbit/s on average) stay under the core's 30 Mbit/s without bursts.
+PACED_BULK_RATE, PACED_BACKGROUND_RATE = 800_000, 250_000
 STEAL_SAMPLE_S = 0.25  # the steal time line's resolution (a request's moment is this long or more)
 COLUMNS_HELP = (
     "How to read it: lower RPC latency is better; 'uncongested' is the same RPC load with no bulk transfer;\n"
@@ -188,11 +189,13 @@ def policy_spec(base: LabSpec, policy: str, name: str) -> LabSpec:
 
 
 def _curl(plan: LabPlan, client: str, url: str, results: list[dict[str, float]], start: float,
-          timeout: float, limit_rate: str | None = None) -> None:
+          timeout: float, rate: int | None = None) -> None:
+    """GET `url` with curl in `client`; `rate`: the server paces its answer to so many bytes/s."""
     began = time.monotonic() - start
-    pace = ["--limit-rate", limit_rate] if limit_rate else []
+    if rate is not None:
+        url = f"{url}?rate={rate}"
     res = subprocess.run(["ip", "netns", "exec", plan.namespace(client), "curl", "-s", "-o", "/dev/null",
-                          "--max-time", str(timeout), *pace, "-w", "%{size_download} %{time_total}", url],
+                          "--max-time", str(timeout), "-w", "%{size_download} %{time_total}", url],
                          capture_output=True, text=True)
     try:
         size, total = res.stdout.split()
