@@ -13,8 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLOURS = {"uncongested": "#9ca3af", "uncongested_loaded": "#4b5563", "off": "#dc2626", "always": "#2563eb",
-           "reactive": "#d97706", "predictive": "#059669"}
+COLOURS = {"uncongested": "#9ca3af", "off": "#dc2626", "always": "#2563eb", "reactive": "#d97706",
+           "predictive": "#059669"}
 COLUMNS = (("rpc_p50_ms", "RPC p50 (ms)"), ("rpc_p99_ms", "RPC p99 (ms)"), ("rpc_p999_ms", "RPC p99.9 (ms)"),
            ("bulk_goodput_mbps", "bulk goodput (Mbit/s)"), ("extra_bytes_pct", "extra bytes (%)"),
            ("sessions", "mirror sessions"), ("lead_time_ms", "median lead time (ms)"),
@@ -92,16 +92,10 @@ def timeline_plot(run: Any, schedule: dict[str, Any]) -> str:
     return _svg(figure)
 
 
-def references(result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The reference runs of a demo result, as (name, summary): the RPCs alone, and in the
-    default run the same transfers paced below the core link's rate."""
-    return [(name, result[name]) for name in ("uncongested", "uncongested_loaded") if result.get(name)]
-
-
 def table_html(result: dict[str, Any]) -> str:
     head = "".join(f"<th>{html.escape(title)}</th>" for _, title in COLUMNS)
     rows = []
-    for name, summary in [*references(result), *result["policies"].items()]:
+    for name, summary in [("uncongested", result["uncongested"]), *result["policies"].items()]:
         cells = "".join(f"<td>{'-' if summary.get(key) is None else summary[key]}</td>" for key, _ in COLUMNS)
         rows.append(f"<tr><th>{html.escape(name)}</th>{cells}</tr>")
     return f"<table><tr><th>policy</th>{head}</tr>{''.join(rows)}</table>"
@@ -109,7 +103,7 @@ def table_html(result: dict[str, Any]) -> str:
 
 def write_report(result: dict[str, Any], runs: dict[str, Any], path: Path) -> Path:
     timelines = "".join(f"<figure>{timeline_plot(run, result['schedule'])}</figure>"
-                        for name, run in runs.items() if not name.startswith("uncongested"))
+                        for name, run in runs.items() if name != "uncongested")
     verdict = "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(str(v))}</li>"
                       for k, v in result.get("verdict", {}).items())
     failure_at = result["schedule"]["failure_at"]

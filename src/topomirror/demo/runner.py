@@ -7,9 +7,6 @@ For each policy the diamond lab is deployed with every node daemon set to that p
   congest the shared core link (these are the congestion events);
 - in the default run, one core link failure of half a second.
 An uncongested run (the RPCs alone: no background, no bulk, no failure) gives the reference p99.
-In the default run a second reference, `uncongested_loaded`, runs the same transfers paced by the server
-below the core link's rate (and no failure), policy off: the nodes and the two cores carry the same
-load, only the queue is missing (as the adaptive end-to-end test's calm reference does).
 """
 
 from __future__ import annotations
@@ -43,14 +40,9 @@ HOSTS = ("h1", "h2", "h3", "h4")
 RPC_PORT, BULK_PORT = 7000, 8080
 Progress = Callable[[str, float], None]
 QUIET_STEAL_PCT = 5.0  # CPU steal below this in a run: the machine did not decide its tail
-# The loaded reference's pacing, in bytes/s, by the server's TCP stack (lab.bulk ?rate=): the two
-# bulk transfers (6.4 Mbit/s each, overlapping for a few seconds) and the background flows
-# (2 Mbit/s each, 6 Mbit/s on average) stay under the core's 30 Mbit/s without bursts.
-PACED_BULK_RATE, PACED_BACKGROUND_RATE = 800_000, 250_000
 STEAL_SAMPLE_S = 0.25  # the steal time line's resolution (a request's moment is this long or more)
 COLUMNS_HELP = (
-    "How to read it: lower RPC latency is better; 'uncongested' is the same RPC load with no bulk transfer;\n"
-    "'uncongested_loaded' the same transfers too, paced below the core link's rate (the same load, no queue).\n"
+    "How to read it: lower RPC latency is better; 'uncongested' is the same RPC load with no bulk transfer.\n"
     "extra bytes = duplicate copies as a share of all bytes the nodes sent; lead time = how long before the\n"
     "standard path degraded a mirror session was already open (predictive only); CPU steal = share of this\n"
     "machine's CPU time the hypervisor gave to others during the run: where it is high, the RPC tail measured\n"
@@ -189,11 +181,8 @@ def policy_spec(base: LabSpec, policy: str, name: str) -> LabSpec:
 
 
 def _curl(plan: LabPlan, client: str, url: str, results: list[dict[str, float]], start: float,
-          timeout: float, rate: int | None = None) -> None:
-    """GET `url` with curl in `client`; `rate`: the server paces its answer to so many bytes/s."""
+          timeout: float) -> None:
     began = time.monotonic() - start
-    if rate is not None:
-        url = f"{url}?rate={rate}"
     res = subprocess.run(["ip", "netns", "exec", plan.namespace(client), "curl", "-s", "-o", "/dev/null",
                           "--max-time", str(timeout), "-w", "%{size_download} %{time_total}", url],
                          capture_output=True, text=True)
@@ -206,15 +195,11 @@ def _curl(plan: LabPlan, client: str, url: str, results: list[dict[str, float]],
 
 
 def run_policy(base: LabSpec, policy: str, plan_schedule: Schedule, *, congested: bool = True,
-               paced: bool = False, progress: Callable[[str], None] = lambda _: None) -> PolicyRun:
-    """One run of the workload under `policy`. `congested=False`: the RPCs alone. `paced`: the
-    transfers too, paced below the core link's rate, and no link failure (the loaded reference)."""
-    name = f"dm-{policy}"[:20] if congested and not paced else "dm-uncongested" if not paced else "dm-loaded"
+               progress: Callable[[str], None] = lambda _: None) -> PolicyRun:
+    name = f"dm-{policy}"[:20] if congested else "dm-uncongested"
     spec = policy_spec(base, policy, name)
     plan = compile_lab(spec)
-    run = PolicyRun("uncongested_loaded" if paced else policy if congested else "uncongested")
-    bulk_rate, background_rate = (PACED_BULK_RATE, PACED_BACKGROUND_RATE) if paced else (None, None)
-    congested = congested or paced
+    run = PolicyRun(policy if congested else "uncongested")
     progress(f"{run.policy}: deploying the lab")
     deploy(spec, "demo", force=True)
     try:
@@ -247,15 +232,13 @@ def run_policy(base: LabSpec, policy: str, plan_schedule: Schedule, *, congested
                 while congested and t < plan_schedule.seconds - 1:
                     size = int(min(sizes.sample(rng)[0], 1_000_000))
                     url = f"http://{h4}:{BULK_PORT}/bytes/{size}"
-                    events.append((t, lambda u=url: _curl(plan, "h2", u, run.background, run.started_monotonic, 20,
-                                                          background_rate)))
+                    events.append((t, lambda u=url: _curl(plan, "h2", u, run.background, run.started_monotonic, 20)))
                     t += float(rng.exponential(1 / plan_schedule.background_per_s))
                 if congested:
                     for at in plan_schedule.bulk_at:
                         url = f"http://{h4}:{BULK_PORT}/bytes/{plan_schedule.bulk_bytes}"
-                        events.append((at, lambda u=url: _curl(plan, "h2", u, run.bulk, run.started_monotonic, 60,
-                                                               bulk_rate)))
-                    if plan_schedule.failure_at is not None and not paced:
+                        events.append((at, lambda u=url: _curl(plan, "h2", u, run.bulk, run.started_monotonic, 60)))
+                    if plan_schedule.failure_at is not None:
                         def fail() -> None:
                             set_link_state(spec, "demo", "core", up=False)
                             time.sleep(plan_schedule.failure_s)
@@ -355,8 +338,7 @@ def run_demo(lab_file: Path | None = None, *, quick: bool = False, out_dir: Path
     would share the order if it were the minute), 0 keeps `policies`' order."""
     base = load_lab(lab_file or EXAMPLES / "diamond-mirror.yaml")
     plan_schedule = schedule(quick)
-    loaded_reference = not quick  # --quick keeps to its 90 s
-    steps = len(policies) + 1 + loaded_reference
+    steps = len(policies) + 1
     runs: dict[str, PolicyRun] = {}
     started = time.monotonic()
 
@@ -364,12 +346,8 @@ def run_demo(lab_file: Path | None = None, *, quick: bool = False, out_dir: Path
         return lambda message: progress(message, index / steps)
 
     order = policy_order(policies, int(time.time()) if rotation is None else rotation)
-    references = ["uncongested"]
     runs["uncongested"] = run_policy(base, "off", plan_schedule, congested=False, progress=step_progress(0))
-    if loaded_reference:
-        references.append("uncongested_loaded")
-        runs["uncongested_loaded"] = run_policy(base, "off", plan_schedule, paced=True, progress=step_progress(1))
-    for index, policy in enumerate(order, start=len(references)):
+    for index, policy in enumerate(order, start=1):
         runs[policy] = run_policy(base, policy, plan_schedule, progress=step_progress(index))
     progress("writing the report", 1.0)
     result: dict[str, Any] = {
@@ -378,13 +356,12 @@ def run_demo(lab_file: Path | None = None, *, quick: bool = False, out_dir: Path
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "duration_s": round(time.monotonic() - started, 1),
         "schedule": plan_schedule.__dict__,
-        "order": [*references, *order],  # the order the runs took
-        **{reference: summarize(runs[reference]) for reference in references},
+        "order": ["uncongested", *order],  # the order the runs took
+        "uncongested": summarize(runs["uncongested"]),
         "policies": {policy: summarize(runs[policy]) for policy in policies},
     }
     result["verdict"] = verdict(result)
-    runs = {**{reference: runs[reference] for reference in references},
-            **{policy: runs[policy] for policy in policies}}  # as listed
+    runs = {"uncongested": runs["uncongested"], **{policy: runs[policy] for policy in policies}}  # as listed
     if out_dir is not None:
         from topomirror.demo.report import write_report
 
@@ -425,15 +402,4 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
         round(quiet_predictive / quiet_base, 3) if quiet_predictive and quiet_base else None)
     out["quiet_moments_predictive_beats_reactive_p99"] = (
         quiet_predictive < quiet_reactive if quiet_predictive and quiet_reactive else None)
-    # Against the loaded reference (the same transfers paced under the core's rate): what the
-    # congestion costs, with the load of the transfers on the machine's two cores in both runs.
-    loaded = result.get("uncongested_loaded")
-    if loaded:
-        out["predictive_p99_over_uncongested_loaded"] = (
-            round(predictive["rpc_p99_ms"] / loaded["rpc_p99_ms"], 3) if loaded.get("rpc_p99_ms") else None)
-        loaded_steals = [loaded.get("cpu_steal_pct"), predictive.get("cpu_steal_pct")]
-        out["quiet_machine_for_the_loaded_ratio"] = all(x is not None and x < QUIET_STEAL_PCT for x in loaded_steals)
-        quiet_loaded = loaded.get("rpc_p99_quiet_ms")
-        out["quiet_moments_predictive_p99_over_uncongested_loaded"] = (
-            round(quiet_predictive / quiet_loaded, 3) if quiet_predictive and quiet_loaded else None)
     return out

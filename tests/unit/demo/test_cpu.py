@@ -42,29 +42,6 @@ def test_the_verdict_says_whether_the_machine_was_quiet_for_the_uncongested_rati
     assert verdict(result)["quiet_machine_for_the_ratio"] is False
 
 
-def test_the_loaded_reference_gets_its_own_ratio_and_a_row_in_the_tables() -> None:
-    from topomirror.demo.report import references, table_html
-    from topomirror.demo.runner import verdict
-
-    def summary(p99: float, extra: float, steal: float | None, quiet: float | None = None) -> dict[str, float | None]:
-        return {"rpc_p99_ms": p99, "extra_bytes_pct": extra, "cpu_steal_pct": steal, "rpc_p99_quiet_ms": quiet}
-
-    result = {"uncongested": summary(4.0, 0.0, 1.0, 3.5),
-              "policies": {"off": summary(1200.0, 0.0, 2.0), "always": summary(5.0, 90.0, 1.0),
-                           "reactive": summary(70.0, 6.0, 1.0), "predictive": summary(6.0, 10.0, 2.0, 5.0)}}
-    out = verdict(result)
-    assert "predictive_p99_over_uncongested_loaded" not in out  # a --quick run has no loaded reference
-    assert [name for name, _ in references(result)] == ["uncongested"]
-    result["uncongested_loaded"] = summary(5.0, 0.0, 7.5, 4.0)
-    out = verdict(result)
-    assert out["predictive_p99_over_uncongested"] == 1.5  # the RPCs-alone ratio is unchanged
-    assert out["predictive_p99_over_uncongested_loaded"] == 1.2
-    assert out["quiet_moments_predictive_p99_over_uncongested_loaded"] == 1.25
-    assert out["quiet_machine_for_the_loaded_ratio"] is False  # the loaded reference had 7.5 % steal
-    assert [name for name, _ in references(result)] == ["uncongested", "uncongested_loaded"]
-    assert "<th>uncongested_loaded</th>" in table_html(result)
-
-
 def test_the_steal_sampler_cuts_the_workload_into_windows_of_the_machines_steal() -> None:
     import time
 
