@@ -26,7 +26,7 @@ def test_a_paced_response_announces_its_size_and_takes_as_long_as_its_rate_says(
     server = ThreadingHTTPServer(("127.0.0.1", 0), bulk._Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        base = f"http://127.0.0.1:{server.server_address[1]}/bytes/600000"
+        base = f"http://127.0.0.1:{server.server_address[1]}/bytes/3000000"
 
         def fetch(url: str) -> tuple[int, float, str | None]:
             started = time.monotonic()
@@ -36,12 +36,12 @@ def test_a_paced_response_announces_its_size_and_takes_as_long_as_its_rate_says(
             return size, time.monotonic() - started, length
 
         size, unpaced_s, length = fetch(base)
-        assert size == 600_000 and length == "600000"
-        size, paced_s, _ = fetch(base + "?rate=1000000")  # 0.6 s at 1 MB/s
-        assert size == 600_000
-        # Loopback's 64 kB segments and TCP's first window leave before pacing takes hold, so
-        # not the whole 0.6 s; but far from the unpaced transfer.
-        assert paced_s >= 0.2 and paced_s > 10 * unpaced_s, (paced_s, unpaced_s)
+        assert size == 3_000_000 and length == "3000000"
+        size, paced_s, _ = fetch(base + "?rate=3000000")  # 1 s at 3 MB/s
+        assert size == 3_000_000
+        # On loopback TCP's first window (ten 64 kB segments) leaves before pacing takes hold:
+        # about 0.8 s of the 1 s; far from the unpaced transfer either way.
+        assert paced_s >= 0.5 and paced_s > 10 * unpaced_s, (paced_s, unpaced_s)
     finally:
         server.shutdown()
         server.server_close()
