@@ -393,7 +393,3 @@ class Engine:
         # Sent on every path we have to the source: feedback must survive the failure it
         # reports. The source de-duplicates the copies like any other message.
         return self.message(peer, MessageType.FEEDBACK, feedback, self.routes_to(peer), now, now_us)
-
-    def feedback_messages(self, interval_ms: int, now: float, now_us: int) -> list[tuple[bytes, Address]]:
-        return [item for peer, feedback in self.feedback_reports(interval_ms)
-                for item in self.feedback_message(peer, feedback, now, now_us)]

@@ -46,7 +46,7 @@ def run_in_node(plan: LabPlan, node: str, argv: list[str], timeout: float = 60
 
 
 def wait_listening(plan: LabPlan, node: str, port: int, proto: str = "tcp",
-                    timeout: float = 5.0) -> None:
+                   timeout: float = 5.0) -> None:
     flag = "-ltn" if proto == "tcp" else "-lun"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

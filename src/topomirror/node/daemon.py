@@ -469,10 +469,12 @@ class Node:
     def _send_one_paced(self) -> None:
         started = time.perf_counter()
         try:
-            if self._paced and self.udp is not None:
-                items = self._paced.popleft()(*self._now())
-                if items:
-                    self._send_all(items)
+            if self._paced:
+                make = self._paced.popleft()
+                if self.udp is not None:  # (closed: the message is dropped, the queue still drains)
+                    items = make(*self._now())
+                    if items:
+                        self._send_all(items)
         finally:
             self.timer_runs["_send_paced"] = self.timer_runs.get("_send_paced", 0) + 1
             self.timer_total_ms["_send_paced"] = (self.timer_total_ms.get("_send_paced", 0.0)

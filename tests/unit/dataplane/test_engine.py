@@ -112,7 +112,8 @@ def test_control_feedback_and_probe_messages() -> None:
         if b_result[0] == FORWARD:
             b_result = b.receive(datagram, 1.0, 45)
         assert b_result[0] in (CONSUMED, DROP)
-    feedback = b.feedback_messages(100, 1.1, 100_000)
+    feedback = [item for peer, report in b.feedback_reports(100)
+                for item in b.feedback_message(peer, report, 1.1, 100_000)]
     assert feedback, "probes on both paths produce a report"
     results = [a.receive(d, 1.1, 100_100) for d, addr in feedback if addr == A]
     reports = [r[1] for r in results if r[0] == FEEDBACK]
