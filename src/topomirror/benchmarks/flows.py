@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from topomirror.api.client import fetch
-from topomirror.demo.runner import QUIET_STEAL_PCT, cpu_shares, cpu_times
+from topomirror.lab.machine import QUIET_STEAL_PCT, cpu_shares, cpu_times
 from topomirror.lab.plan import LabPlan, compile_lab
 from topomirror.lab.realize import deploy, destroy
 from topomirror.lab.registry import LabRegistry

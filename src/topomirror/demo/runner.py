@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from topomirror.api.client import fetch
+from topomirror.lab.machine import QUIET_STEAL_PCT, cpu_shares, cpu_times
 from topomirror.lab.plan import LabPlan, compile_lab
 from topomirror.lab.realize import deploy, destroy, set_link_state
 from topomirror.lab.registry import LabRegistry
@@ -39,7 +40,6 @@ POLICIES = ("off", "always", "reactive", "predictive")
 HOSTS = ("h1", "h2", "h3", "h4")
 RPC_PORT, BULK_PORT = 7000, 8080
 Progress = Callable[[str, float], None]
-QUIET_STEAL_PCT = 5.0  # CPU steal below this in a run: the machine did not decide its tail
 STEAL_SAMPLE_S = 0.25  # the steal time line's resolution (a request's moment is this long or more)
 COLUMNS_HELP = (
     "How to read it: lower RPC latency is better; 'uncongested' is the same RPC load with no bulk transfer.\n"
@@ -87,28 +87,6 @@ class PolicyRun:
     # (from_s, to_s, steal %) every STEAL_SAMPLE_S of the workload, from steal_started_wall
     steal: list[tuple[float, float, float]] = field(default_factory=list)
     steal_started_wall: float = 0.0
-
-
-def cpu_times(stat: str | None = None) -> list[int]:
-    """The machine's CPU time counters (the `cpu` line of /proc/stat: user, nice, system, idle,
-    iowait, irq, softirq, steal, ...), in clock ticks."""
-    text = stat if stat is not None else Path("/proc/stat").read_text()
-    fields = text.split("\n", 1)[0].split()
-    if not fields or fields[0] != "cpu":
-        raise ValueError("not /proc/stat: its first line is the 'cpu' total")
-    return [int(x) for x in fields[1:]]
-
-
-def cpu_shares(before: list[int], after: list[int]) -> dict[str, float]:
-    """Idle and steal time between two `cpu_times` readings, in % of all CPU time. Steal is time
-    the hypervisor gave this VM's CPUs to someone else: a run with much of it measured the machine
-    more than the policy (its RPC tail follows the steal, not the network)."""
-    delta = [b - a for a, b in zip(before, after, strict=False)]
-    total = sum(delta[:8])
-    if total <= 0:
-        return {"idle_pct": 0.0, "steal_pct": 0.0}
-    steal = delta[7] if len(delta) > 7 else 0
-    return {"idle_pct": round(100 * (delta[3] + delta[4]) / total, 1), "steal_pct": round(100 * steal / total, 1)}
 
 
 class StealSampler:

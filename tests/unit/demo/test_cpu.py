@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from topomirror.demo.runner import cpu_shares, cpu_times
+from topomirror.lab.machine import cpu_shares, cpu_times
 
 STAT = "cpu  {} 0 {} {} {} 0 {} {} 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n"
 
