@@ -476,9 +476,7 @@ class Node:
                     if items:
                         self._send_all(items)
         finally:
-            self.timer_runs["_send_paced"] = self.timer_runs.get("_send_paced", 0) + 1
-            self.timer_total_ms["_send_paced"] = (self.timer_total_ms.get("_send_paced", 0.0)
-                                                  + (time.perf_counter() - started) * 1000)
+            self._held_loop("_send_paced", (time.perf_counter() - started) * 1000)
             if self._paced and self.loop is not None and not self._stop.is_set():
                 self.loop.call_soon(self._send_one_paced)
             else:
@@ -873,6 +871,11 @@ class Node:
         if gone and self.controller is not None:
             self.controller.forget(gone, now)
 
+    def _held_loop(self, name: str, took_ms: float) -> None:
+        """Count one run of `name` on the packet loop and the time it held it (/status)."""
+        self.timer_runs[name] = self.timer_runs.get(name, 0) + 1
+        self.timer_total_ms[name] = self.timer_total_ms.get(name, 0.0) + took_ms
+
     async def _every(self, seconds: float, func) -> None:  # type: ignore[no-untyped-def]
         reported: set[str] = set()
         name = getattr(func, "__name__", str(func))
@@ -888,8 +891,7 @@ class Node:
                     log.exception("timer %s failed (further identical errors are only counted)", name)
             # A timer runs on the packet loop: every millisecond here is a millisecond no packet moves.
             took_ms = (time.perf_counter() - started) * 1000
-            self.timer_runs[name] = self.timer_runs.get(name, 0) + 1
-            self.timer_total_ms[name] = self.timer_total_ms.get(name, 0.0) + took_ms
+            self._held_loop(name, took_ms)
             if took_ms > self.timer_slowest_ms.get(name, 0.0):
                 self.timer_slowest_ms[name] = round(took_ms, 2)
             if took_ms > TIMER_SLOW_MS:
