@@ -15,7 +15,10 @@ On the two-path lab with node daemons on h1, h2 and relay r1:
   kernel's arrival stamps at the receiving socket (the receiver's wake-up left out);
   `added_latency_single_path_p50_us`: the same on a port no rule mirrors;
   `floor_two_hops_p50_us`: what two bare forwarders (`lab.forward`, one per host, no tunnel)
-  add: the cheapest two user-space hops this machine allows; `_at_2kpps`: the same at 2k/s;
+  add: the cheapest two user-space hops this machine allows; `floor_duplicated_p50_us`: the same
+  duplicated (a second copy through a bare forwarder on the relay r1, the first copy kept at h2;
+  three processes, no tunnel, no encryption): the cheapest the duplicated headline could be;
+  `_at_2kpps`: the same at 2k/s;
 - python_*: with `reference`, the lab deployed again with `TOPOMIRROR_DATAPLANE=python` (the
   pure-Python reference data plane) for the duplicated TCP goodput and the lossless UDP rate, so
   the native loop's gain is a ratio from one run.
@@ -23,6 +26,7 @@ On the two-path lab with node daemons on h1, h2 and relay r1:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import sys
@@ -88,7 +92,7 @@ def run(*, seconds: float = 5.0, quick: bool = False, reference: bool = True,
     return results
 
 
-PROBES = ("direct", "floor", "single", "tunnel_dup")
+PROBES = ("direct", "floor", "floor_dup", "single", "tunnel_dup")
 
 
 def _latency(plan, h2_direct: str, *, rounds: int, seconds: float,  # type: ignore[no-untyped-def]
@@ -101,13 +105,26 @@ def _latency(plan, h2_direct: str, *, rounds: int, seconds: float,  # type: igno
     results: dict[str, object] = {}
     probes: dict[str, list[ProbeResult]] = {}
     # The floor: h1 127.0.0.1:9501 -> forwarder -> h2's underlay :9502 -> forwarder -> 127.0.0.1:9503.
-    first = [sys.executable, "-m", "topomirror.lab.forward", "--listen", "127.0.0.1:9501", "--to", f"{h2_direct}:9502"]
-    second = [sys.executable, "-m", "topomirror.lab.forward", "--listen", f"{h2_direct}:9502", "--to", "127.0.0.1:9503"]
+    # Duplicated: h1 127.0.0.1:9511 -> forwarder -> (h2 :9512, r1 :9514 -> forwarder -> h2 :9512)
+    # -> forwarder keeping the first copy -> 127.0.0.1:9513.
+    r1_address = str(plan.nodes["r1"].ifaces["eth1"].address.ip)
+    h2_from_r1 = str(plan.nodes["h2"].ifaces["eth2"].address.ip)
+    module = [sys.executable, "-m", "topomirror.lab.forward"]
+    forwarders = [
+        ("h1", module + ["--listen", "127.0.0.1:9501", "--to", f"{h2_direct}:9502"], 9501),
+        ("h2", module + ["--listen", f"{h2_direct}:9502", "--to", "127.0.0.1:9503"], 9502),
+        ("h1", module + ["--listen", "127.0.0.1:9511", "--to", f"{h2_direct}:9512",
+                         "--to", f"{r1_address}:9514"], 9511),
+        ("r1", module + ["--listen", f"{r1_address}:9514", "--to", f"{h2_from_r1}:9512"], 9514),
+        ("h2", module + ["--listen", "0.0.0.0:9512", "--to", "127.0.0.1:9513", "--first-copy"], 9512),
+    ]
     targets = {"direct": (9401, h2_direct, None), "floor": (9501, "127.0.0.1", 9503),
+               "floor_dup": (9511, "127.0.0.1", 9513),
                "single": (9402, H2_OVERLAY, None), "tunnel_dup": (9400, H2_OVERLAY, None)}
-    with in_node(plan, "h1", first), in_node(plan, "h2", second):
-        wait_listening(plan, "h1", 9501, "udp")
-        wait_listening(plan, "h2", 9502, "udp")
+    with contextlib.ExitStack() as running:
+        for node, argv, port in forwarders:
+            running.enter_context(in_node(plan, node, argv))
+            wait_listening(plan, node, port, "udp")
         for rate, suffix in ((10_000, ""), (2_000, "_at_2kpps")):
             for round_ in range(rounds):
                 progress(f"latency at {rate // 1000}k packets/s, round {round_ + 1}/{rounds}")
@@ -129,6 +146,8 @@ def _latency(plan, h2_direct: str, *, rounds: int, seconds: float,  # type: igno
         # What two bare user-space hops add on this machine, and the tunnel on one path only.
         results["floor_two_hops_p50_us" + suffix] = _added(floor, direct, "owd_p50_us")
         results["floor_two_hops_socket_p50_us" + suffix] = _added(floor, direct, "owd_kernel_p50_us")
+        # The same duplicated: a copy through a bare forwarder on the relay, the first copy kept.
+        results["floor_duplicated_p50_us" + suffix] = _added(probes["floor_dup" + suffix], direct, "owd_p50_us")
         results["added_latency_single_path_p50_us" + suffix] = _added(single, direct, "owd_p50_us")
     results["latency_rounds"] = rounds
     results["latency_detail"] = {

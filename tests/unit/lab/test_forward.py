@@ -19,7 +19,7 @@ def test_forwarder_carries_each_datagram_to_its_target_unchanged() -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind(("127.0.0.1", 0))
             listen = probe.getsockname()
-        threading.Thread(target=forward.forward, args=(listen, target.getsockname()), daemon=True).start()
+        threading.Thread(target=forward.forward, args=(listen, [target.getsockname()]), daemon=True).start()
         payloads = [bytes([i]) * (i + 1) for i in range(5)]
         received: list[bytes] = []
         for payload in payloads:
@@ -32,6 +32,43 @@ def test_forwarder_carries_each_datagram_to_its_target_unchanged() -> None:
                 except TimeoutError:
                     continue
         assert received == payloads
+
+
+def _free_address() -> tuple[str, int]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()
+
+
+def test_duplicating_then_first_copy_delivers_each_number_once() -> None:
+    """The duplicated yardstick on loopback: one forwarder copies to two, a second keeps the first
+    copy of each number, so each numbered datagram arrives exactly once, in order."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as target, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        target.bind(("127.0.0.1", 0))
+        source, merge = _free_address(), _free_address()
+        threading.Thread(target=forward.forward, args=(merge, [target.getsockname()]),
+                         kwargs={"first_copy": True}, daemon=True).start()
+        threading.Thread(target=forward.forward, args=(source, [merge, merge]), daemon=True).start()
+        target.settimeout(0.05)
+        for _ in range(100):  # until both forwarders are bound: an unnumbered warm-up datagram
+            sender.sendto(b"\xff" * 16, source)
+            try:
+                target.recv(2048)
+                break
+            except TimeoutError:
+                continue
+        numbers = [i.to_bytes(16, "big") + b"payload" for i in range(50)]
+        for datagram in numbers:
+            sender.sendto(datagram, source)
+        target.settimeout(1.0)
+        received = []
+        while True:
+            try:
+                received.append(target.recv(2048))
+            except TimeoutError:
+                break
+        assert received == numbers
 
 
 @pytest.mark.parametrize("text", ["127.0.0.1", "127.0.0.1:", ":9", "host:port"])
