@@ -11,6 +11,10 @@ carries an iperf3 TCP stream to h2's overlay address. Trials alternate, side by 
   `throughput_drop_pct` (against the baseline) mixes the cost of carrying `rate` packets/s with the
   cost of deciding `rate` new flows/s; `decision_drop_pct` (with_flows against same_flow) is the
   cost of the decisions alone.
+- underlay: the floor: the same new flows at the same rate to h2's underlay address, so no node
+  carries them (the generator, the kernel's hops and the sink only). `underlay_drop_pct` (against
+  the baseline) is what `rate` datagrams/s cost the stream on this machine before topomirror
+  does anything with them.
 h1's node counts flow ids it assigned (`topomirror_flows_created` on /metrics); the count over the
 stream's run gives the new flows/s it decided. The target: at least 5,000 decided flows/s while the
 stream's throughput drops by at most 10 %.
@@ -64,7 +68,8 @@ def _node_counters(socket_path: Path, pid: int) -> dict[str, float]:
 def _trial(plan: LabPlan, socket_path: Path, pid: int, *, mode: str, rate: int, seconds: float,
            first_flow: int) -> dict[str, object]:
     """One iperf3 TCP run h1 -> h2 through the overlay: alone (`baseline`), with the flow generator
-    opening new flows (`with_flows`) or sending as many datagrams on one flow (`same_flow`)."""
+    opening new flows (`with_flows`) or sending as many datagrams on one flow (`same_flow`)
+    through the overlay, or opening new flows on the underlay, past the nodes (`underlay`)."""
     if mode == "baseline":
         before = _node_counters(socket_path, pid)
         machine = cpu_times()
@@ -82,7 +87,8 @@ def _trial(plan: LabPlan, socket_path: Path, pid: int, *, mode: str, rate: int, 
         # Counters are read while the node is idle (its API shares the packet loop): before the
         # generator starts and after it stopped and the node drained what was queued.
         before = _node_counters(socket_path, pid)
-        with in_node(plan, SRC, [*module, "send", "--to", DST_OVERLAY, "--rate", str(rate),
+        target = str(plan.address_of(DST)) if mode == "underlay" else DST_OVERLAY
+        with in_node(plan, SRC, [*module, "send", "--to", target, "--rate", str(rate),
                                  "--seconds", str(WARMUP_S + seconds + 100), "--first", str(first_flow),
                                  *(["--same-flow"] if mode == "same_flow" else [])]) as sender:
             time.sleep(WARMUP_S)
@@ -139,10 +145,10 @@ def run(*, rate: int = TARGET_FLOWS_PER_S, seconds: float = 5.0, repetitions: in
         pid = next(p.pid for p in registry.processes if p.role == f"node:{SRC}")
         time.sleep(1.0)  # the nodes' first feedback and probes
         first_flow = 0
-        modes = ["baseline", "with_flows", "same_flow"]
+        modes = ["baseline", "with_flows", "same_flow", "underlay"]
         for rep in range(repetitions):
             # Rotate which mode goes first, so a drift in the machine's load hits all alike.
-            for mode in modes[rep % 3:] + modes[:rep % 3]:
+            for mode in modes[rep % len(modes):] + modes[:rep % len(modes)]:
                 progress(f"repetition {rep + 1}/{repetitions}: {mode}, TCP h1 -> h2 for {seconds:g} s")
                 trial = _trial(plan, socket_path, pid, mode=mode, rate=rate, seconds=seconds,
                                first_flow=first_flow)
@@ -160,6 +166,7 @@ def summarise(trials: list[dict[str, object]], *, rate: int, seconds: float) -> 
     base = [t for t in trials if t["mode"] == "baseline"]
     loaded = [t for t in trials if t["mode"] == "with_flows"]
     control = [t for t in trials if t["mode"] == "same_flow"]
+    underlay = [t for t in trials if t["mode"] == "underlay"]
     baseline_gbps = statistics.median(float(t["gbps"]) for t in base)  # type: ignore[arg-type]
     with_flows_gbps = statistics.median(float(t["gbps"]) for t in loaded)  # type: ignore[arg-type]
 
@@ -168,6 +175,9 @@ def summarise(trials: list[dict[str, object]], *, rate: int, seconds: float) -> 
                 for r, w in zip(reference, loaded, strict=True)]
 
     paired = drops(base)
+    # The floor: the same datagrams past the nodes, against the baseline of the same repetition.
+    underlay_paired = [100 * (1 - float(u["gbps"]) / float(r["gbps"])) if float(r["gbps"]) else 100.0  # type: ignore[arg-type]
+                       for r, u in zip(base, underlay, strict=False)]
     drop = round(statistics.median(paired), 1)
     decision_paired = drops(control) if control else []
     decision_drop = round(statistics.median(decision_paired), 1) if decision_paired else None
@@ -190,6 +200,9 @@ def summarise(trials: list[dict[str, object]], *, rate: int, seconds: float) -> 
         "baseline_gbps": round(baseline_gbps, 4), "with_flows_gbps": round(with_flows_gbps, 4),
         "throughput_drop_pct": drop, "throughput_drop_pct_per_repetition": [round(x, 1) for x in paired],
         "same_flow_gbps": round(statistics.median(float(t["gbps"]) for t in control), 4) if control else None,  # type: ignore[arg-type]
+        "underlay_gbps": round(statistics.median(float(t["gbps"]) for t in underlay), 4) if underlay else None,  # type: ignore[arg-type]
+        "underlay_drop_pct": round(statistics.median(underlay_paired), 1) if underlay_paired else None,
+        "underlay_drop_pct_per_repetition": [round(x, 1) for x in underlay_paired],
         "decision_drop_pct": decision_drop,
         "decision_drop_pct_per_repetition": [round(x, 1) for x in decision_paired],
         "decision_drop_pct_quiet": round(statistics.median(quiet), 1) if quiet else None,

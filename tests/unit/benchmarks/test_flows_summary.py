@@ -34,3 +34,12 @@ def test_quiet_figure_keeps_only_repetitions_whose_two_trials_ran_without_steal(
     assert result["quiet_repetitions"] == 1 and result["decision_drop_pct_quiet"] == 5.0
     # Trials without a steal reading (older results) count as not quiet.
     assert summarise(_trials(0.25, 0.19, 0.20, 5000.0), rate=5000, seconds=5.0)["decision_drop_pct_quiet"] is None
+
+
+def test_underlay_floor_is_read_against_the_baseline_of_its_repetition() -> None:
+    trials = _trials(0.25, 0.16, 0.17, 5000.0) + [{"mode": "underlay", "gbps": 0.2375}]
+    trials += _trials(0.20, 0.16, 0.17, 5000.0) + [{"mode": "underlay", "gbps": 0.20}]
+    result = summarise(trials, rate=5000, seconds=5.0)
+    assert result["underlay_drop_pct_per_repetition"] == [5.0, 0.0]
+    assert result["underlay_drop_pct"] == 2.5 and result["underlay_gbps"] == 0.2188
+    assert summarise(_trials(0.25, 0.16, 0.17, 5000.0), rate=5000, seconds=5.0)["underlay_drop_pct"] is None
