@@ -1291,8 +1291,110 @@ static PyTypeObject FastTxType = {
     .tp_members = fasttx_members,
 };
 
+
+/* ------------------------------------------------------------------------------------------ */
+/* forward: the bare forwarder behind `lab.forward`, the yardstick of bench dataplane's floors  */
+
+#define FWD_KEY 16          /* a datagram's number: lab.probe's sequence number and send time */
+#define FWD_SLOTS (1 << 16) /* per generation; a generation is full at half of it */
+#define FWD_TARGETS 8
+
+typedef struct {
+    uint8_t used[FWD_SLOTS];
+    uint8_t keys[FWD_SLOTS][FWD_KEY];
+    int count;
+} FwdSeen;
+
+static uint32_t fwd_hash(const uint8_t *key) {
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (int i = 0; i < FWD_KEY; i++) h = (h ^ key[i]) * 16777619u;
+    return h;
+}
+
+/* 1 if key is in the table; else 0 and, with insert, it is added. */
+static int fwd_seen(FwdSeen *t, const uint8_t *key, int insert) {
+    uint32_t i = fwd_hash(key) & (FWD_SLOTS - 1);
+    while (t->used[i]) {
+        if (!memcmp(t->keys[i], key, FWD_KEY)) return 1;
+        i = (i + 1) & (FWD_SLOTS - 1);
+    }
+    if (insert) {
+        t->used[i] = 1;
+        memcpy(t->keys[i], key, FWD_KEY);
+        t->count++;
+    }
+    return 0;
+}
+
+/* forward(in_fd, out_fd, targets, first_copy): receive each datagram on in_fd and send it to
+ * every target ((host, port), ...) from out_fd, one recv and one sendto per copy, with the GIL
+ * released, until a receive fails (the socket closed) or a signal ends the process. first_copy:
+ * pass only the first datagram of each number (its first 16 bytes), remembering between one and
+ * two generations of 32768 numbers. */
+static PyObject *forward(PyObject *self, PyObject *args) {
+    int in_fd, out_fd, first_copy;
+    PyObject *targets;
+    if (!PyArg_ParseTuple(args, "iiO!p", &in_fd, &out_fd, &PyTuple_Type, &targets, &first_copy)) return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(targets);
+    if (n < 1 || n > FWD_TARGETS) {
+        PyErr_Format(PyExc_ValueError, "between 1 and %d targets", FWD_TARGETS);
+        return NULL;
+    }
+    struct sockaddr_in to[FWD_TARGETS];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *host, *port;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(targets, i), "OO", &host, &port)) return NULL;
+        if (address_from(host, port, &to[i]) < 0) return NULL;
+    }
+    FwdSeen *seen = NULL, *older = NULL;
+    uint8_t *buffer = PyMem_RawMalloc(65536);
+    if (first_copy) {
+        seen = PyMem_RawCalloc(1, sizeof(FwdSeen));
+        older = PyMem_RawCalloc(1, sizeof(FwdSeen));
+    }
+    if (!buffer || (first_copy && (!seen || !older))) {
+        PyMem_RawFree(buffer);
+        PyMem_RawFree(seen);
+        PyMem_RawFree(older);
+        return PyErr_NoMemory();
+    }
+    ssize_t got = 0;
+    int saved = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        got = recv(in_fd, buffer, 65536, 0);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            saved = errno;
+            break;
+        }
+        if (first_copy) {
+            uint8_t key[FWD_KEY] = {0};
+            memcpy(key, buffer, got < FWD_KEY ? (size_t)got : FWD_KEY);
+            if (fwd_seen(older, key, 0) || fwd_seen(seen, key, 0)) continue;
+            if (seen->count >= FWD_SLOTS / 2) {
+                FwdSeen *t = older;
+                older = seen;
+                seen = t;
+                memset(seen, 0, sizeof(FwdSeen));
+            }
+            fwd_seen(seen, key, 1);
+        }
+        for (Py_ssize_t i = 0; i < n; i++)
+            (void)sendto(out_fd, buffer, (size_t)got, 0, (struct sockaddr *)&to[i], sizeof(to[i])); /* loss, as on a network */
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(buffer);
+    PyMem_RawFree(seen);
+    PyMem_RawFree(older);
+    errno = saved;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
 static PyMethodDef module_methods[] = {
     {"set_verdicts", set_verdicts, METH_O, "set_verdicts((NEW, DUPLICATE, REPLAY, TOO_OLD)): what check returns"},
+    {"forward", forward, METH_VARARGS,
+     "forward(in_fd, out_fd, ((host, port), ...), first_copy): the bare forwarder, GIL released, until recv fails"},
     {NULL}};
 
 static struct PyModuleDef module = {

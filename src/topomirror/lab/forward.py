@@ -13,6 +13,10 @@ forwards only the first datagram of each number (its first 16 bytes: `lab.probe`
 number and send time, so one probe run's numbers never shadow the next's), as the tunnel's
 destination keeps the first copy: three processes and two copies per datagram, still no tunnel
 and no encryption.
+
+The loop runs in C (`dataplane._fastpath.forward`: a `recv` and a `sendto` per copy with the
+interpreter out of the way), so the floor is the hops' and the kernel's cost, not CPython's;
+`--python` runs the same loop in Python (and is what runs where the extension is not built).
 """
 
 from __future__ import annotations
@@ -32,10 +36,19 @@ def _address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def forward(listen: tuple[str, int], to: list[tuple[str, int]], *, first_copy: bool = False) -> None:
+def forward(listen: tuple[str, int], to: list[tuple[str, int]], *, first_copy: bool = False,
+            native: bool = True) -> None:
     inbound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     inbound.bind(listen)
     outbound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if native:
+        try:
+            from topomirror.dataplane import _fastpath
+        except ImportError:
+            pass
+        else:
+            _fastpath.forward(inbound.fileno(), outbound.fileno(), tuple(to), first_copy)
+            return
     buffer = bytearray(65535)
     view = memoryview(buffer)
     seen: set[bytes] = set()
@@ -64,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="HOST:PORT to send each datagram to (twice: a copy to each)")
     parser.add_argument("--first-copy", action="store_true",
                         help="forward only the first datagram of each number (its first 16 bytes)")
+    parser.add_argument("--python", action="store_true", help="the loop in Python instead of C")
     args = parser.parse_args(argv)
     try:
-        forward(args.listen, args.to, first_copy=args.first_copy)
+        forward(args.listen, args.to, first_copy=args.first_copy, native=not args.python)
     except KeyboardInterrupt:
         pass
     return 0

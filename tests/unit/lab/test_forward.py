@@ -11,7 +11,8 @@ import pytest
 from topomirror.lab import forward
 
 
-def test_forwarder_carries_each_datagram_to_its_target_unchanged() -> None:
+@pytest.mark.parametrize("native", [True, False], ids=["c", "python"])
+def test_forwarder_carries_each_datagram_to_its_target_unchanged(native: bool) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as target, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
         target.bind(("127.0.0.1", 0))
@@ -19,7 +20,8 @@ def test_forwarder_carries_each_datagram_to_its_target_unchanged() -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind(("127.0.0.1", 0))
             listen = probe.getsockname()
-        threading.Thread(target=forward.forward, args=(listen, [target.getsockname()]), daemon=True).start()
+        threading.Thread(target=forward.forward, args=(listen, [target.getsockname()]),
+                         kwargs={"native": native}, daemon=True).start()
         payloads = [bytes([i]) * (i + 1) for i in range(5)]
         received: list[bytes] = []
         for payload in payloads:
@@ -40,7 +42,8 @@ def _free_address() -> tuple[str, int]:
         return probe.getsockname()
 
 
-def test_duplicating_then_first_copy_delivers_each_number_once() -> None:
+@pytest.mark.parametrize("native", [True, False], ids=["c", "python"])
+def test_duplicating_then_first_copy_delivers_each_number_once(native: bool) -> None:
     """The duplicated yardstick on loopback: one forwarder copies to two, a second keeps the first
     copy of each number, so each numbered datagram arrives exactly once, in order."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as target, \
@@ -48,8 +51,9 @@ def test_duplicating_then_first_copy_delivers_each_number_once() -> None:
         target.bind(("127.0.0.1", 0))
         source, merge = _free_address(), _free_address()
         threading.Thread(target=forward.forward, args=(merge, [target.getsockname()]),
-                         kwargs={"first_copy": True}, daemon=True).start()
-        threading.Thread(target=forward.forward, args=(source, [merge, merge]), daemon=True).start()
+                         kwargs={"first_copy": True, "native": native}, daemon=True).start()
+        threading.Thread(target=forward.forward, args=(source, [merge, merge]), kwargs={"native": native},
+                         daemon=True).start()
         target.settimeout(0.05)
         for _ in range(100):  # until both forwarders are bound: an unnumbered warm-up datagram
             sender.sendto(b"\xff" * 16, source)
@@ -79,3 +83,37 @@ def test_address_needs_host_and_numeric_port(text: str) -> None:
 
 def test_address_parses_host_and_port() -> None:
     assert forward._address("10.0.0.1:9501") == ("10.0.0.1", 9501)
+
+
+def test_native_first_copy_remembers_across_generations() -> None:
+    """More numbers than one generation of the C table holds (32768): each passes once, and a copy
+    of a number from the previous generation is still recognised."""
+    pytest.importorskip("topomirror.dataplane._fastpath")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as target, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        target.bind(("127.0.0.1", 0))
+        target.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        merge = _free_address()
+        threading.Thread(target=forward.forward, args=(merge, [target.getsockname()]),
+                         kwargs={"first_copy": True}, daemon=True).start()
+        target.settimeout(0.05)
+        for _ in range(100):
+            sender.sendto(b"\xff" * 16, merge)
+            try:
+                target.recv(2048)
+                break
+            except TimeoutError:
+                continue
+        received = 0
+        target.settimeout(1.0)
+        for start in range(0, 40_000, 100):  # in slices the forwarder's receive buffer holds
+            for i in range(start, start + 100):
+                sender.sendto(i.to_bytes(16, "big"), merge)
+            for _ in range(100):
+                target.recv(64)
+                received += 1
+        for i in (39_999, 20_000):  # this generation, the previous one
+            sender.sendto(i.to_bytes(16, "big"), merge)
+        sender.sendto((50_000).to_bytes(16, "big"), merge)
+        assert target.recv(64) == (50_000).to_bytes(16, "big")  # the repeats were dropped
+        assert received == 40_000
