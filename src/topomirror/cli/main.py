@@ -757,7 +757,7 @@ def bench_dataplane(
     _report_bench("dataplane", results, out_dir, json_out, (
         "direct_tcp_gbps", "tunnel_tcp_gbps", "dup_tcp_gbps", "dup_udp_pps_lossless",
         "added_latency_p50_us", "added_latency_p99_us", "added_latency_single_path_p50_us",
-        "floor_two_hops_p50_us"))
+        "floor_two_hops_p50_us", "floor_duplicated_p50_us"))
 
 
 @bench_app.command("flows")
@@ -765,8 +765,9 @@ def bench_dataplane(
 def bench_flows(
     rate: Annotated[int, typer.Option(help="new flows per second offered")] = 5000,
     seconds: Annotated[float, typer.Option(help="seconds per iperf3 run")] = 5.0,
-    repetitions: Annotated[int, typer.Option(help="rounds of the three modes (alone, new flows, one flow)")] = 5,
-    quick: Annotated[bool, typer.Option("--quick", help="one pair of 3 s runs")] = False,
+    repetitions: Annotated[int, typer.Option(
+        help="rounds of the four modes (alone, new flows, one flow, new flows past the nodes)")] = 5,
+    quick: Annotated[bool, typer.Option("--quick", help="one round of 3 s runs")] = False,
     out_dir: Annotated[Path | None, typer.Option("--out", help="folder for the JSON result")] = None,
     json_out: JsonFlag = False,
 ) -> None:
@@ -779,7 +780,8 @@ def bench_flows(
                             progress=status.update)
     _report_bench("flows", results, out_dir, json_out, (
         "new_flows_per_s_offered", "new_flows_per_s_decided", "baseline_gbps", "with_flows_gbps",
-        "same_flow_gbps", "throughput_drop_pct", "decision_drop_pct", "decision_drop_pct_quiet", "analysis_dropped",
+        "same_flow_gbps", "underlay_gbps", "throughput_drop_pct", "underlay_drop_pct", "decision_drop_pct",
+        "decision_drop_pct_quiet", "analysis_dropped",
         "verdict", "verdict_decisions_only"))
 
 
