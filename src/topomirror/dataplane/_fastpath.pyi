@@ -3,6 +3,7 @@
 from typing import Any
 
 def set_verdicts(verdicts: tuple[Any, Any, Any, Any], /) -> None: ...
+def forward(in_fd: int, out_fd: int, targets: tuple[tuple[str, int], ...], first_copy: bool, /) -> None: ...
 
 class DedupWindow:
     size: int

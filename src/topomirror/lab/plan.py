@@ -87,7 +87,7 @@ def lab_prefix(lab_name: str) -> str:
 
 def _allocate_subnets(spec: LabSpec) -> list[ipaddress.IPv4Network]:
     taken = {
-        ipaddress.ip_network(link.addresses[0], strict=False)
+        link.addresses[0].network
         for link in spec.links
         if link.addresses is not None
     }
@@ -95,7 +95,7 @@ def _allocate_subnets(spec: LabSpec) -> list[ipaddress.IPv4Network]:
     out = []
     for index, link in enumerate(spec.links):
         if link.addresses is not None:
-            out.append(ipaddress.ip_network(link.addresses[0], strict=False))
+            out.append(link.addresses[0].network)
             continue
         try:
             out.append(next(pool))
@@ -153,7 +153,7 @@ def _compute_routes(plan: LabPlan) -> None:
 
     # Destinations: each node's loopback, and each link subnet (owned by both its ends).
     destinations: list[tuple[ipaddress.IPv4Network, set[str]]] = [
-        (ipaddress.ip_network(f"{n.loopback}/32"), {n.name}) for n in plan.nodes.values()
+        (ipaddress.IPv4Network(f"{n.loopback}/32"), {n.name}) for n in plan.nodes.values()
     ]
     for link in plan.links:
         destinations.append((link.a.address.network, {link.a.node, link.b.node}))
@@ -187,8 +187,8 @@ def _compute_routes(plan: LabPlan) -> None:
 
 def _override_dst(plan: LabPlan, dst: str) -> ipaddress.IPv4Network:
     if dst in plan.nodes:
-        return ipaddress.ip_network(f"{plan.nodes[dst].loopback}/32")
-    return ipaddress.ip_network(dst, strict=False)
+        return ipaddress.IPv4Network(f"{plan.nodes[dst].loopback}/32")
+    return ipaddress.IPv4Network(dst, strict=False)  # the spec checked it is one
 
 
 def _resolve_override(plan: LabPlan, node: NodePlan, network: ipaddress.IPv4Network,
@@ -198,7 +198,7 @@ def _resolve_override(plan: LabPlan, node: NodePlan, network: ipaddress.IPv4Netw
             if iface.peer_node == via:
                 return RoutePlan(network, iface.peer_address.ip, iface.name, "override")
     else:
-        gateway = ipaddress.ip_address(via)
+        gateway = ipaddress.IPv4Address(via)
         for iface in node.ifaces.values():
             if gateway in iface.address.network:
                 return RoutePlan(network, gateway, iface.name, "override")

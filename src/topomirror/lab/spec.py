@@ -179,7 +179,7 @@ class LinkSpec(BaseModel):
         if a.node == b.node:
             raise ValueError(f"self-link {a} -- {b}: both endpoints are on node {a.node!r}")
         if self.addresses is not None:
-            na, nb = (ipaddress.ip_network(x, strict=False) for x in self.addresses)
+            na, nb = (x.network for x in self.addresses)
             if na != nb:
                 raise ValueError(f"addresses {self.addresses[0]} and {self.addresses[1]} "
                                  "are not in the same subnet")
@@ -252,17 +252,17 @@ class LabSpec(BaseModel):
                 loc = ("nodes", node_name, "routes", r_index)
                 if route.dst not in self.nodes:
                     try:
-                        ipaddress.ip_network(route.dst, strict=False)
+                        ipaddress.IPv4Network(route.dst, strict=False)
                     except ValueError:
                         raise _LocatedError(
-                            (*loc, "dst"), f"{route.dst!r} is neither a prefix nor a node name"
+                            (*loc, "dst"), f"{route.dst!r} is neither an IPv4 prefix nor a node name"
                         ) from None
                 if route.via not in self.nodes:
                     try:
-                        ipaddress.ip_address(route.via)
+                        ipaddress.IPv4Address(route.via)
                     except ValueError:
                         raise _LocatedError(
-                            (*loc, "via"), f"{route.via!r} is neither an address nor a node name"
+                            (*loc, "via"), f"{route.via!r} is neither an IPv4 address nor a node name"
                         ) from None
                 elif route.via not in self.neighbours(node_name):
                     raise _LocatedError(

@@ -174,10 +174,14 @@ Action = InstallVC | RenewVC | RemoveVC | StartDuplication | StopDuplication
 class PathReportLike(Protocol):
     """What the destination reports per path (`topomirror.wire.messages.PathReport` fits)."""
 
-    packets: int
-    lost: int
-    wins: int
-    owd_avg_us: int
+    @property
+    def packets(self) -> int: ...
+    @property
+    def lost(self) -> int: ...
+    @property
+    def wins(self) -> int: ...
+    @property
+    def owd_avg_us(self) -> int: ...
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,17 @@ def test_route_override_must_use_a_neighbour() -> None:
         parse_lab(text, "bad.yaml")
 
 
+@pytest.mark.parametrize(("route", "field", "says"), [
+    ("{dst: '2001:db8::/32', via: h2}", "dst", "neither an IPv4 prefix nor a node name"),
+    ("{dst: 10.1.0.0/16, via: '2001:db8::1'}", "via", "neither an IPv4 address nor a node name"),
+])
+def test_route_override_is_ipv4(route: str, field: str, says: str) -> None:
+    """The lab is IPv4: an IPv6 route fails at parse time with its field named, not in the planner."""
+    text = GOOD.replace("  h1: {kind: host}", textwrap.indent(f"h1:\n  kind: host\n  routes: [{route}]", "  "))
+    with pytest.raises(LabFileError, match=rf"nodes.h1 \(node\).routes\[0\].{field}.*{says}"):
+        parse_lab(text, "bad.yaml")
+
+
 @pytest.mark.parametrize(("text", "bits"), [("50mbit", 50_000_000), ("1gbit", 10**9),
                                             ("128kbit", 128_000), ("1.5mbit", 1_500_000),
                                             (10_000, 10_000)])
