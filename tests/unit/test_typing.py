@@ -1,4 +1,4 @@
-"""mypy on the pure packages (STYLE.md), as listed under [tool.mypy] in pyproject.toml."""
+"""mypy on the pure packages (STYLE.md) and the node daemon, as listed under [tool.mypy] in pyproject.toml."""
 
 from __future__ import annotations
 

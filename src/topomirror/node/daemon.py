@@ -9,6 +9,7 @@ coalesced burst). The engine sees single datagrams either way.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import errno
 import functools
@@ -78,7 +79,7 @@ class FlowEntry:
     bucket: TokenBucket | None = None  # the session's budget on the mirror copy
     # (sent at, session sequence, packet) of the last packets of a flow a policy might mirror: sent
     # again on the mirror path when one opens because the standard path fell silent.
-    recent: deque[tuple[float, int, bytes]] | None = None
+    recent: deque[tuple[float, int, builtins.bytes]] | None = None  # (the field `bytes` shadows the type here)
     copies_denied: int = 0
 
 
@@ -151,16 +152,16 @@ class Node:
         self._native_budgeted: dict[bytes, FlowEntry] = {}
         self.targets: dict[str, MirrorTarget] = {}
         for index, (name, target) in enumerate(config.targets.items(), start=1):
-            peer = self.engine.peers_by_name[target.peer]
+            destination = self.engine.peers_by_name[target.peer]
             relays = [self.engine.peers_by_name[r] for r in target.relays]
             route = PathRoute(index, index, relays[0].address, tuple(target.relays), active=False)
-            peer.mirrors[name] = route
+            destination.mirrors[name] = route
             hops = [*relays[1:]]
             installs = [
-                VcInstall(name, relay, index, (hops[i].address if i < len(hops) else peer.address))
+                VcInstall(name, relay, index, (hops[i].address if i < len(hops) else destination.address))
                 for i, relay in enumerate(relays)
             ]
-            self.targets[name] = MirrorTarget(name, peer, route, installs)
+            self.targets[name] = MirrorTarget(name, destination, route, installs)
         self._request_ids = 0
         self._flow_ids = 0
         self.flows_by_id: dict[int, FlowEntry] = {}
@@ -615,7 +616,8 @@ class Node:
         lease_ms = self.config.timers.lease_ms
         for target in self.targets.values():
             for install in target.installs:
-                if now < install.next_send:
+                standard = install.relay.standard
+                if now < install.next_send or standard is None:
                     continue
                 self._request_ids += 1
                 install.request_id = self._request_ids
@@ -625,7 +627,7 @@ class Node:
                 request = Control("vc_install", install.request_id, install.channel,
                                   f"{install.next_hop[0]}:{install.next_hop[1]}", lease_ms)
                 for datagram, address in self.engine.message(install.relay, MessageType.CONTROL, request,
-                                                              [install.relay.standard], now, now_us):
+                                                              [standard], now, now_us):
                     self._send(datagram, address)
         self._refresh_targets(now)
         self.engine.expire_vcs(now)
@@ -1007,7 +1009,7 @@ class Node:
         if stored or subject.startswith("session"):
             return stored
         infos = self.controller.flows if self.controller is not None else {}
-        live = []
+        live: list[dict[str, object]] = []
         for entry in self.flows.values():
             if subject in str(entry.key):
                 info = infos.get(entry.flow_id)
@@ -1126,7 +1128,7 @@ def run_node(config: NodeConfig, ready_file: Path | None = None) -> None:
 
         runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency, but asyncio works too
-        runner = asyncio.run
+        runner = asyncio.run  # type: ignore[assignment]
     node = Node(config)
     node.open_io()
     # Everything alive now (modules, the restored model, the config) lives as long as the node: out
