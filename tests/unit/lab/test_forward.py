@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from topomirror.dataplane import _fastpath  # noqa: F401  (the C loop is under test: fail loudly without it)
 from topomirror.lab import forward
 
 
@@ -42,6 +43,19 @@ def _free_address() -> tuple[str, int]:
         return probe.getsockname()
 
 
+def _until_forwarding(sender: socket.socket, to: tuple[str, int], target: socket.socket) -> None:
+    """Send a warm-up datagram (one number, passed once) until it comes out: the forwarders are bound."""
+    target.settimeout(0.05)
+    for _ in range(100):
+        sender.sendto(b"\xff" * 16, to)
+        try:
+            target.recv(2048)
+            return
+        except TimeoutError:
+            continue
+    raise AssertionError("the forwarders never passed the warm-up datagram")
+
+
 @pytest.mark.parametrize("native", [True, False], ids=["c", "python"])
 def test_duplicating_then_first_copy_delivers_each_number_once(native: bool) -> None:
     """The duplicated yardstick on loopback: one forwarder copies to two, a second keeps the first
@@ -54,14 +68,7 @@ def test_duplicating_then_first_copy_delivers_each_number_once(native: bool) -> 
                          kwargs={"first_copy": True, "native": native}, daemon=True).start()
         threading.Thread(target=forward.forward, args=(source, [merge, merge]), kwargs={"native": native},
                          daemon=True).start()
-        target.settimeout(0.05)
-        for _ in range(100):  # until both forwarders are bound: an unnumbered warm-up datagram
-            sender.sendto(b"\xff" * 16, source)
-            try:
-                target.recv(2048)
-                break
-            except TimeoutError:
-                continue
+        _until_forwarding(sender, source, target)
         numbers = [i.to_bytes(16, "big") + b"payload" for i in range(50)]
         for datagram in numbers:
             sender.sendto(datagram, source)
@@ -88,7 +95,6 @@ def test_address_parses_host_and_port() -> None:
 def test_native_first_copy_remembers_across_generations() -> None:
     """More numbers than one generation of the C table holds (32768): each passes once, and a copy
     of a number from the previous generation is still recognised."""
-    pytest.importorskip("topomirror.dataplane._fastpath")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as target, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
         target.bind(("127.0.0.1", 0))
@@ -96,14 +102,7 @@ def test_native_first_copy_remembers_across_generations() -> None:
         merge = _free_address()
         threading.Thread(target=forward.forward, args=(merge, [target.getsockname()]),
                          kwargs={"first_copy": True}, daemon=True).start()
-        target.settimeout(0.05)
-        for _ in range(100):
-            sender.sendto(b"\xff" * 16, merge)
-            try:
-                target.recv(2048)
-                break
-            except TimeoutError:
-                continue
+        _until_forwarding(sender, merge, target)
         received = 0
         target.settimeout(1.0)
         for start in range(0, 40_000, 100):  # in slices the forwarder's receive buffer holds
