@@ -785,6 +785,30 @@ def bench_flows(
         "verdict", "verdict_decisions_only"))
 
 
+@bench_app.command("load")
+@_guard
+def bench_load(
+    pairs: Annotated[int, typer.Option(help="alternations of the reference and the load")] = 3,
+    lab: Annotated[Path | None, typer.Option(help="lab file (default: examples/labs/diamond-mirror.yaml)")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="folder for the JSON result")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """What the demo's load costs the RPC p99 with nothing congested (core link widened, no failure)."""
+    from topomirror.benchmarks import load
+
+    _need_root("bench load")
+    if pairs < 1:
+        fail("--pairs must be at least 1")
+    with console.status("measuring the demo's load without congestion") as status:
+        try:
+            results = load.run(pairs=pairs, lab_file=lab, progress=status.update)
+        except ValueError as exc:
+            fail(f"{exc}: bench load widens the demo lab's core link; give a lab with one named 'core'")
+    _report_bench("load", results, out_dir, json_out, (
+        "pairs", "load_p99_over_reference", "load_p99_over_reference_per_pair", "load_p99_over_reference_quiet",
+        "load_p99_over_reference_quiet_per_pair"))
+
+
 @bench_app.command("planning")
 @_guard
 def bench_planning(
