@@ -148,7 +148,7 @@ def lab_inspect(file: LabFile, json_out: JsonFlag = False) -> None:
     from topomirror.lab.realize import inspect
 
     spec = _load(file)
-    info = inspect(spec)
+    info: dict[str, Any] = inspect(spec)
     if json_out:
         out.print_json(json.dumps(info))
         return
@@ -488,7 +488,7 @@ def record_cmd(
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
                   transient=True) as bar:
         task = bar.add_task("record", total=1.0)
-        summary = record(lab, minutes, out_file, seed=seed, feedback_ms=feedback_ms,
+        summary: dict[str, Any] = record(lab, minutes, out_file, seed=seed, feedback_ms=feedback_ms,
                          progress=lambda m, f: bar.update(task, description=m, completed=f))
     if json_out:
         out.print_json(json.dumps(summary))
@@ -561,8 +561,9 @@ def model_show(store: Annotated[Path, typer.Option(help="model store")] = Path("
     if not store.exists():
         fail(f"{store} does not exist: train a model with 'topomirror model train'")
     with PredictorStore(store) as source:
-        models = [{"name": n, "horizon_ms": h, "saved": time.strftime("%Y-%m-%d %H:%M", time.localtime(s / 1000))}
-                  for n, h, s in source.models()]
+        models: list[dict[str, Any]] = [
+            {"name": n, "horizon_ms": h, "saved": time.strftime("%Y-%m-%d %H:%M", time.localtime(s / 1000))}
+            for n, h, s in source.models()]
     if json_out:
         out.print_json(json.dumps(models))
         return
@@ -672,7 +673,7 @@ def lab_demo(
 
     _need_root("demo")
     with console.status("demo") as status:
-        report = run_lab_demo(lab, seconds=seconds, progress=status.update)
+        report: dict[str, Any] = run_lab_demo(lab, seconds=seconds, progress=status.update)
     if json_out:
         out.print_json(json.dumps(report))
         return
@@ -723,7 +724,7 @@ def bench_lab(
 
     _need_root("bench lab")
     with console.status("benchmarking lab deploy/destroy") as status:
-        results = bench.run(files, repeats, progress=status.update)
+        results: dict[str, Any] = bench.run(files, repeats, progress=status.update)
     data = {"benchmark": "lab", "date": time.strftime("%Y-%m-%d"), "results": results}
     path = _save_json(data, "lab", out_dir)
     if json_out:

@@ -12,6 +12,7 @@ An uncongested run (the RPCs alone: no background, no bulk, no failure) gives th
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import statistics
 import subprocess
@@ -210,12 +211,14 @@ def run_policy(base: LabSpec, policy: str, plan_schedule: Schedule, *, congested
                 while congested and t < plan_schedule.seconds - 1:
                     size = int(min(sizes.sample(rng)[0], 1_000_000))
                     url = f"http://{h4}:{BULK_PORT}/bytes/{size}"
-                    events.append((t, lambda u=url: _curl(plan, "h2", u, run.background, run.started_monotonic, 20)))
+                    events.append((t, functools.partial(_curl, plan, "h2", url, run.background,
+                                                        run.started_monotonic, 20)))
                     t += float(rng.exponential(1 / plan_schedule.background_per_s))
                 if congested:
                     for at in plan_schedule.bulk_at:
                         url = f"http://{h4}:{BULK_PORT}/bytes/{plan_schedule.bulk_bytes}"
-                        events.append((at, lambda u=url: _curl(plan, "h2", u, run.bulk, run.started_monotonic, 60)))
+                        events.append((at, functools.partial(_curl, plan, "h2", url, run.bulk,
+                                                             run.started_monotonic, 60)))
                     if plan_schedule.failure_at is not None:
                         def fail() -> None:
                             set_link_state(spec, "demo", "core", up=False)

@@ -77,8 +77,8 @@ def record(lab_file: Path, minutes: float, out: Path, *, seed: int = 1, feedback
         wall_start = time.time()
         with contextlib.ExitStack() as stack:
             for host in HOSTS:
-                server = [sys.executable, "-m", "topomirror.lab.bulk", "--port", "8080"]
-                stack.enter_context(in_node(plan, host, server))
+                bulk_server = [sys.executable, "-m", "topomirror.lab.bulk", "--port", "8080"]
+                stack.enter_context(in_node(plan, host, bulk_server))
             stack.enter_context(in_node(plan, "h3", [sys.executable, "-m", "topomirror.lab.rpc", "server"]))
             for _client, server, port in SILENT_PAIRS:
                 stack.enter_context(in_node(plan, server, ["iperf3", "-s", "-p", str(port)]))
