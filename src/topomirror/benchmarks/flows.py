@@ -170,16 +170,17 @@ def summarise(trials: list[dict[str, object]], *, rate: int, seconds: float) -> 
     baseline_gbps = statistics.median(float(t["gbps"]) for t in base)  # type: ignore[arg-type]
     with_flows_gbps = statistics.median(float(t["gbps"]) for t in loaded)  # type: ignore[arg-type]
 
-    def drops(reference: list[dict[str, object]]) -> list[float]:
+    def drops(reference: list[dict[str, object]], measured: list[dict[str, object]]) -> list[float]:
+        """Per repetition: how much lower `measured` ran than `reference` (%)."""
         return [100 * (1 - float(w["gbps"]) / float(r["gbps"])) if float(r["gbps"]) else 100.0  # type: ignore[arg-type]
-                for r, w in zip(reference, loaded, strict=True)]
+                for r, w in zip(reference, measured, strict=True)]
 
-    paired = drops(base)
-    # The floor: the same datagrams past the nodes, against the baseline of the same repetition.
-    underlay_paired = [100 * (1 - float(u["gbps"]) / float(r["gbps"])) if float(r["gbps"]) else 100.0  # type: ignore[arg-type]
-                       for r, u in zip(base, underlay, strict=False)]
+    paired = drops(base, loaded)
+    # The floor: the same datagrams past the nodes, against the baseline of the same repetition
+    # (results from before it existed have no underlay trials).
+    underlay_paired = drops(base, underlay) if underlay else []
     drop = round(statistics.median(paired), 1)
-    decision_paired = drops(control) if control else []
+    decision_paired = drops(control, loaded) if control else []
     decision_drop = round(statistics.median(decision_paired), 1) if decision_paired else None
     # The same over the repetitions whose two trials ran with the machine quiet (steal below
     # QUIET_STEAL_PCT in both): beside the figure, not instead of it.
