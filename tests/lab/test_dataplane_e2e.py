@@ -41,6 +41,11 @@ def test_ping_through_the_overlay_with_mirroring_has_no_dups(make_lab) -> None: 
     h2 = api(lab, "h2")
     assert h2["drops"]["duplicate"] >= 30, "the mirror copy arrived and was dropped as a duplicate"
     assert h2["counters"]["delivered"] >= 30
+    # The packet loops run on their own threads (listen.packet_thread, the default): they, not the
+    # event loops, sent the requests, relayed the copies and delivered them.
+    for node, side in (("h1", "tx_wakeups"), ("r1", "rx_wakeups"), ("h2", "rx_wakeups")):
+        thread = api(lab, node)["packet_thread"]
+        assert thread is not None and thread["alive"] and thread[side] >= 30, (node, thread)
     flows = api(lab, "h1", "flows")
     icmp = [f for f in flows if f["flow"].startswith("icmp")]
     assert icmp and icmp[0]["mirror_active"] and "filter 100" in icmp[0]["reason"]

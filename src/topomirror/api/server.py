@@ -25,6 +25,7 @@ class _NodeCollector:
         self.node = node
 
     def collect(self):  # type: ignore[no-untyped-def]
+        self.node.fold_counts()
         engine = self.node.engine
         counters = CounterMetricFamily("topomirror_packets", "Data-plane packet counters", labels=["counter"])
         for name, value in engine.counters.items():

@@ -23,8 +23,11 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -40,6 +43,7 @@
 #define TAG_SIZE 16
 #define VERSION 1
 #define KIND_DATA 1
+#define KIND_CONTROL 4
 #define SEQ_MASK ((1ULL << 56) - 1)
 #define BASE_BUCKET_US 60000000LL
 #define BASE_HISTORY 9 /* BASE_BUCKETS - 1 closed minutes */
@@ -799,14 +803,12 @@ static PyObject *counts_tuple(const unsigned long long *counts, int n) {
  * registered peer and epoch is opened, de-duplicated, measured and written to tun_fd here;
  * datagrams on a live virtual connection are forwarded here. Everything else comes back in
  * `slow` as (datagram, arrival_us) for Engine.receive, in arrival order. */
-static PyObject *fastrx_drain(FastRx *self, PyObject *args) {
-    int sock_fd, tun_fd, max_calls;
-    double now;
-    long long offset_ns;
-    if (!PyArg_ParseTuple(args, "iidLi", &sock_fd, &tun_fd, &now, &offset_ns, &max_calls)) return NULL;
-    unsigned long long counts[C_COUNT] = {0};
-    PyObject *slow = PyList_New(0);
-    if (!slow) return NULL;
+/* The body of drain: appends what needs Python to `slow`, adds to `counts`; 0, or -1 with a
+ * Python error. `*hold` set: a CONTROL went up and Python has not handled it yet, so a datagram on
+ * a channel we cannot forward follows it up (the CONTROL may install that very channel); the
+ * loop sets it when it hands a CONTROL up. Called with the GIL held. */
+static int drain_into(FastRx *self, int sock_fd, int tun_fd, double now, long long offset_ns, int max_calls,
+                      PyObject *slow, int *hold, unsigned long long *counts) {
     struct mmsghdr msgs[VLEN];
     struct iovec iov[VLEN];
     char control[VLEN][128];
@@ -869,15 +871,15 @@ static PyObject *fastrx_drain(FastRx *self, PyObject *args) {
                 RxPeer *p = self->peers[sender];
                 /* Once something went up to Python (a CONTROL that may install this very virtual
                  * connection), a datagram on a channel we cannot forward follows it up, in order. */
-                int after_slow = channel && PyList_GET_SIZE(slow) > 0;
-                if (after_slow || (d[0] & 0x0F) != KIND_DATA || !p || p->epoch != be16(d + 6)) {
+                if ((channel && *hold) || (d[0] & 0x0F) != KIND_DATA || !p || p->epoch != be16(d + 6)) {
                     PyObject *item = Py_BuildValue("(y#L)", (const char *)d, (Py_ssize_t)len, arrival_us);
-                    if (!item || PyList_Append(slow, item) < 0) { Py_XDECREF(item); Py_DECREF(slow); return NULL; }
+                    if (!item || PyList_Append(slow, item) < 0) { Py_XDECREF(item); return -1; }
                     Py_DECREF(item);
+                    if ((d[0] & 0x0F) == KIND_CONTROL) *hold = 1;
                     continue;
                 }
                 int r = rx_data(self, p, d, len, arrival_us, tun_fd, ndeferred < MAX_DEFERRED, counts);
-                if (r < 0) { Py_DECREF(slow); return NULL; }
+                if (r < 0) return -1;
                 if (r == 1) {
                     self->deferred[ndeferred].data = d;
                     self->deferred[ndeferred].len = len;
@@ -891,10 +893,8 @@ static PyObject *fastrx_drain(FastRx *self, PyObject *args) {
             const uint8_t *d = self->deferred[k].data;
             RxPeer *p = self->peers[be16(d + 4)];
             if (!p || p->epoch != be16(d + 6)) continue;
-            if (rx_data(self, p, d, self->deferred[k].len, self->deferred[k].arrival_us, tun_fd, 0, counts) < 0) {
-                Py_DECREF(slow);
-                return NULL;
-            }
+            if (rx_data(self, p, d, self->deferred[k].len, self->deferred[k].arrival_us, tun_fd, 0, counts) < 0)
+                return -1;
         }
         if (self->nfwd) {
             send_runs(&self->sender, sock_fd, self->fwd_iov, self->fwd_addr, self->nfwd, &counts[C_NO_ROUTE],
@@ -902,6 +902,22 @@ static PyObject *fastrx_drain(FastRx *self, PyObject *args) {
             self->nfwd = 0;
         }
         if (got < VLEN) break;
+    }
+    return 0;
+}
+
+static PyObject *fastrx_drain(FastRx *self, PyObject *args) {
+    int sock_fd, tun_fd, max_calls;
+    double now;
+    long long offset_ns;
+    if (!PyArg_ParseTuple(args, "iidLi", &sock_fd, &tun_fd, &now, &offset_ns, &max_calls)) return NULL;
+    unsigned long long counts[C_COUNT] = {0};
+    PyObject *slow = PyList_New(0);
+    if (!slow) return NULL;
+    int hold = 0; /* within one call: a CONTROL handed up holds the channels behind it */
+    if (drain_into(self, sock_fd, tun_fd, now, offset_ns, max_calls, slow, &hold, counts) < 0) {
+        Py_DECREF(slow);
+        return NULL;
     }
     PyObject *ct = counts_tuple(counts, C_COUNT);
     if (!ct) { Py_DECREF(slow); return NULL; }
@@ -1183,13 +1199,11 @@ static PyObject *fasttx_new_flows(FastTx *self, PyObject *args) {
  * standard path and comes back in `fresh` as (flow bytes, packet), sent. Any other packet comes
  * back in `slow` (in order) for the daemon to send. `touched` lists each registered flow sent on
  * once, for the daemon's accounting (FastFlow.take). */
-static PyObject *fasttx_pump(FastTx *self, PyObject *args) {
-    int tun_fd, sock_fd, max_packets, mtu;
-    long long now_us;
-    if (!PyArg_ParseTuple(args, "iiiiL", &tun_fd, &sock_fd, &max_packets, &mtu, &now_us)) return NULL;
-    unsigned long long counts[T_COUNT] = {0};
-    PyObject *slow = PyList_New(0), *fresh = PyList_New(0), *touched = PyList_New(0), *k = NULL;
-    if (!slow || !fresh || !touched) goto error;
+/* The body of pump: appends to slow, fresh and touched (a flow once, until its take()), adds to
+ * counts; 0, or -1 with a Python error (what was sealed is sent either way). GIL held. */
+static int pump_into(FastTx *self, int tun_fd, int sock_fd, int max_packets, int mtu, long long now_us,
+                     PyObject *slow, PyObject *fresh, PyObject *touched, unsigned long long *counts) {
+    PyObject *k = NULL;
     uint32_t send_time = (uint32_t)now_us;
     uint8_t *b = self->packet;
     self->nlanes = 0;
@@ -1247,25 +1261,34 @@ static PyObject *fasttx_pump(FastTx *self, PyObject *args) {
         Py_CLEAR(k);
     }
     tx_flush(self, sock_fd, counts);
-    PyObject *ct = counts_tuple(counts, T_COUNT);
-    if (!ct) goto error;
-    PyObject *out = PyTuple_Pack(4, slow, fresh, touched, ct);
-    Py_DECREF(slow);
-    Py_DECREF(fresh);
-    Py_DECREF(touched);
-    Py_DECREF(ct);
-    return out;
+    return 0;
 error:
-    /* What was sealed is sent (its sequence numbers are spent); the flows sent on keep their
-     * counts for the next pump's `touched`. */
+    /* What was sealed is sent (its sequence numbers are spent). */
     tx_flush(self, sock_fd, counts);
-    if (touched)
-        for (Py_ssize_t t = 0; t < PyList_GET_SIZE(touched); t++) ((FastFlow *)PyList_GET_ITEM(touched, t))->touched = 0;
     Py_XDECREF(k);
+    return -1;
+}
+
+static PyObject *fasttx_pump(FastTx *self, PyObject *args) {
+    int tun_fd, sock_fd, max_packets, mtu;
+    long long now_us;
+    if (!PyArg_ParseTuple(args, "iiiiL", &tun_fd, &sock_fd, &max_packets, &mtu, &now_us)) return NULL;
+    unsigned long long counts[T_COUNT] = {0};
+    PyObject *slow = PyList_New(0), *fresh = PyList_New(0), *touched = PyList_New(0), *ct = NULL, *out = NULL;
+    if (slow && fresh && touched) {
+        if (pump_into(self, tun_fd, sock_fd, max_packets, mtu, now_us, slow, fresh, touched, counts) < 0) {
+            /* the flows sent on keep their counts for the next pump's `touched` */
+            for (Py_ssize_t t = 0; t < PyList_GET_SIZE(touched); t++)
+                ((FastFlow *)PyList_GET_ITEM(touched, t))->touched = 0;
+        } else if ((ct = counts_tuple(counts, T_COUNT)) != NULL) {
+            out = PyTuple_Pack(4, slow, fresh, touched, ct);
+        }
+    }
     Py_XDECREF(slow);
     Py_XDECREF(fresh);
     Py_XDECREF(touched);
-    return NULL;
+    Py_XDECREF(ct);
+    return out;
 }
 
 static PyMethodDef fasttx_methods[] = {
@@ -1291,6 +1314,348 @@ static PyTypeObject FastTxType = {
     .tp_members = fasttx_members,
 };
 
+
+/* ------------------------------------------------------------------------------------------ */
+/* PacketThread: the packet loops on a thread of their own                                    */
+/*
+ * A node's event loop wakes for every datagram and every TUN packet, runs Python to call `drain`
+ * or `pump`, and only then is the packet sent, delivered or forwarded: on this machine that costs
+ * tens of microseconds per hop (docs/BENCHMARKS.md, data plane). Here a thread waits on the socket
+ * and the TUN (epoll, without the GIL) and calls the same drain and pump bodies the moment
+ * something arrives, holding the GIL only for that call. The shared state (peers, windows,
+ * meters, the relay table, the flows handed down) is only touched with the GIL held, as before:
+ * the thread changes who calls drain and pump, not what they do.
+ *
+ * What needs Python is appended to lists and the daemon's loop is woken through `notify_fd` (an
+ * eventfd):
+ * - receive side: `take()` hands over the datagrams for Engine.receive; `release()` says the
+ *   CONTROLs among them were handled (until then a datagram on a channel we cannot forward
+ *   follows them up: the CONTROL may install that very channel);
+ * - send side: `take_tx()` hands over (slow packets, fresh (flow, packet) already sent, touched
+ *   flows). While slow or fresh packets wait for Python, or while `gate` is set and a flow was
+ *   sent on (budgeted flows: the daemon charges every wake-up before the next), the thread reads
+ *   no more from the TUN, so no packet overtakes one that Python holds; `release_tx()` resumes.
+ *   Touched flows alone do not wake Python: the daemon takes them on a timer.
+ * `counts()` and `tx_counts()` hand over the counters of drain and pump. */
+
+typedef struct {
+    PyObject_HEAD
+    FastRx *rx;
+    FastTx *tx;                  /* NULL: the TUN stays with the daemon's loop */
+    int sock_fd, tun_fd, notify_fd, max_calls, mtu;
+    int wake_fd, epoll_fd;       /* wake_fd (eventfd) stops the thread */
+    int started, stopping, failed;
+    int hold;                    /* a CONTROL went up and is not handled yet (see drain_into) */
+    int gate;                    /* set by the daemon: hand over every wake-up that sent on a flow */
+    int tx_paused;               /* the TUN is not watched until release_tx() */
+    pthread_t thread;
+    PyObject *slow;              /* (datagram, arrival_us) for Engine.receive, in arrival order */
+    PyObject *tx_slow, *tx_fresh, *tx_touched;
+    PyObject *error;             /* the exception that stopped the thread, if one did */
+    unsigned long long counts[C_COUNT];
+    unsigned long long tx_counts[T_COUNT];
+    unsigned long long wakeups, tx_wakeups;
+} PacketThread;
+
+static void pthread_close_fds(PacketThread *self) {
+    if (self->epoll_fd >= 0) close(self->epoll_fd);
+    if (self->wake_fd >= 0) close(self->wake_fd);
+    self->epoll_fd = self->wake_fd = -1;
+}
+
+static int packetthread_init(PacketThread *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"rx", "tx", "sock_fd", "tun_fd", "notify_fd", "max_calls", "mtu", NULL};
+    PyObject *rx, *tx;
+    int mtu = 1500;
+    if (self->started) {
+        PyErr_SetString(PyExc_RuntimeError, "PacketThread already started");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!Oiiii|i", kwlist, &FastRxType, &rx, &tx, &self->sock_fd,
+                                     &self->tun_fd, &self->notify_fd, &self->max_calls, &mtu))
+        return -1;
+    if (tx != Py_None && !PyObject_TypeCheck(tx, &FastTxType)) {
+        PyErr_SetString(PyExc_TypeError, "tx must be a FastTx or None");
+        return -1;
+    }
+    if (tx != Py_None && self->tun_fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "a send loop needs the TUN (tun_fd)");
+        return -1;
+    }
+    self->mtu = mtu;
+    Py_INCREF(rx);
+    Py_XSETREF(self->rx, (FastRx *)rx);
+    Py_XSETREF(self->tx, tx == Py_None ? NULL : (FastTx *)Py_NewRef(tx));
+    Py_XSETREF(self->slow, PyList_New(0));
+    Py_XSETREF(self->tx_slow, PyList_New(0));
+    Py_XSETREF(self->tx_fresh, PyList_New(0));
+    Py_XSETREF(self->tx_touched, PyList_New(0));
+    if (!self->slow || !self->tx_slow || !self->tx_fresh || !self->tx_touched) return -1;
+    return 0;
+}
+
+static void fd_signal(int fd) {
+    uint64_t one = 1;
+    ssize_t ignored = write(fd, &one, sizeof(one));
+    (void)ignored;
+}
+
+/* Watch the TUN again (it is registered one-shot: every event disarms it). */
+static void packetthread_arm_tun(PacketThread *self) {
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT};
+    ev.data.fd = self->tun_fd;
+    epoll_ctl(self->epoll_fd, EPOLL_CTL_MOD, self->tun_fd, &ev);
+}
+
+static void packetthread_fail(PacketThread *self) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    Py_XSETREF(self->error, value);
+    self->failed = 1;
+}
+
+static void *packetthread_main(void *arg) {
+    PacketThread *self = arg;
+    struct epoll_event events[3];
+    for (;;) {
+        int n = epoll_wait(self->epoll_fd, events, 3, -1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) break;
+        int sock_ready = 0, tun_ready = 0, stop = 0;
+        for (int i = 0; i < n; i++) {
+            if (events[i].data.fd == self->wake_fd) stop = 1;
+            else if (events[i].data.fd == self->sock_fd) sock_ready = 1;
+            else if (events[i].data.fd == self->tun_fd) tun_ready = 1;
+        }
+        if (stop) break;
+        if (!sock_ready && !tun_ready) continue;
+        struct timespec mono, real;
+        clock_gettime(CLOCK_MONOTONIC, &mono);
+        clock_gettime(CLOCK_REALTIME, &real);
+        double now = (double)mono.tv_sec + mono.tv_nsec / 1e9;
+        long long now_us = (long long)mono.tv_sec * 1000000LL + mono.tv_nsec / 1000;
+        long long offset_ns = ((long long)mono.tv_sec - real.tv_sec) * 1000000000LL + (mono.tv_nsec - real.tv_nsec);
+        PyGILState_STATE gil = PyGILState_Ensure();
+        if (self->stopping) { PyGILState_Release(gil); break; }
+        int notify = 0, rc = 0;
+        if (tun_ready && self->tx) {
+            Py_ssize_t slow0 = PyList_GET_SIZE(self->tx_slow), fresh0 = PyList_GET_SIZE(self->tx_fresh);
+            unsigned long long sent0 = self->tx_counts[T_PACKETS];
+            rc = pump_into(self->tx, self->tun_fd, self->sock_fd, self->max_calls, self->mtu, now_us, self->tx_slow,
+                           self->tx_fresh, self->tx_touched, self->tx_counts);
+            self->tx_wakeups++;
+            if (PyList_GET_SIZE(self->tx_slow) > slow0 || PyList_GET_SIZE(self->tx_fresh) > fresh0 ||
+                (self->gate && self->tx_counts[T_PACKETS] > sent0)) {
+                self->tx_paused = notify = 1;
+            } else if (!self->tx_paused) {
+                packetthread_arm_tun(self);
+            }
+        }
+        if (rc == 0 && sock_ready) {
+            Py_ssize_t before = PyList_GET_SIZE(self->slow);
+            rc = drain_into(self->rx, self->sock_fd, self->tun_fd, now, offset_ns, self->max_calls, self->slow,
+                            &self->hold, self->counts);
+            self->wakeups++;
+            if (PyList_GET_SIZE(self->slow) > before) notify = 1;
+        }
+        if (rc < 0) {
+            packetthread_fail(self);
+            notify = 1;
+        }
+        PyGILState_Release(gil);
+        if (notify) fd_signal(self->notify_fd);
+        if (rc < 0) break;
+    }
+    return NULL;
+}
+
+static PyObject *packetthread_start(PacketThread *self, PyObject *unused) {
+    if (!self->rx || !self->slow) {
+        PyErr_SetString(PyExc_RuntimeError, "PacketThread not initialised");
+        return NULL;
+    }
+    if (self->started) Py_RETURN_NONE;
+    self->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    self->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    if (self->wake_fd < 0 || self->epoll_fd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        pthread_close_fds(self);
+        return NULL;
+    }
+    struct epoll_event ev = {.events = EPOLLIN};
+    ev.data.fd = self->sock_fd;
+    int bad = epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, self->sock_fd, &ev) < 0;
+    ev.data.fd = self->wake_fd;
+    bad = bad || epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, self->wake_fd, &ev) < 0;
+    if (self->tx) {
+        ev.events = EPOLLIN | EPOLLONESHOT;
+        ev.data.fd = self->tun_fd;
+        bad = bad || epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, self->tun_fd, &ev) < 0;
+    }
+    if (bad) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        pthread_close_fds(self);
+        return NULL;
+    }
+    Py_INCREF(self); /* the thread's reference, dropped by stop() */
+    int err = pthread_create(&self->thread, NULL, packetthread_main, self);
+    if (err) {
+        Py_DECREF(self);
+        pthread_close_fds(self);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    self->started = 1;
+    Py_RETURN_NONE;
+}
+
+/* stop(): the thread ends after the call it is in, if any; joined here (GIL released). */
+static PyObject *packetthread_stop(PacketThread *self, PyObject *unused) {
+    if (!self->started) Py_RETURN_NONE;
+    self->stopping = 1;
+    fd_signal(self->wake_fd);
+    Py_BEGIN_ALLOW_THREADS
+    pthread_join(self->thread, NULL);
+    Py_END_ALLOW_THREADS
+    self->started = 0;
+    pthread_close_fds(self);
+    Py_DECREF(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *packetthread_raise(PacketThread *self) {
+    PyObject *error = self->error;
+    self->error = NULL;
+    PyErr_SetObject((PyObject *)Py_TYPE(error), error);
+    Py_DECREF(error);
+    return NULL;
+}
+
+/* Hand *list over and leave a new empty one in its place. */
+static PyObject *swap_list(PyObject **list) {
+    PyObject *fresh = PyList_New(0);
+    if (!fresh) return NULL;
+    PyObject *out = *list;
+    *list = fresh;
+    return out;
+}
+
+/* take() -> slow: what came up from the socket since the last take (raises what stopped the thread). */
+static PyObject *packetthread_take(PacketThread *self, PyObject *unused) {
+    if (self->error) return packetthread_raise(self);
+    return swap_list(&self->slow);
+}
+
+/* take_tx() -> (slow, fresh, touched) from the TUN since the last take_tx. */
+static PyObject *packetthread_take_tx(PacketThread *self, PyObject *unused) {
+    if (self->error) return packetthread_raise(self);
+    PyObject *slow = swap_list(&self->tx_slow), *fresh = slow ? swap_list(&self->tx_fresh) : NULL;
+    PyObject *touched = fresh ? swap_list(&self->tx_touched) : NULL;
+    PyObject *out = touched ? PyTuple_Pack(3, slow, fresh, touched) : NULL;
+    Py_XDECREF(slow);
+    Py_XDECREF(fresh);
+    Py_XDECREF(touched);
+    return out;
+}
+
+static PyObject *packetthread_counts(PacketThread *self, PyObject *unused) {
+    PyObject *ct = counts_tuple(self->counts, C_COUNT);
+    if (ct) memset(self->counts, 0, sizeof(self->counts));
+    return ct;
+}
+
+static PyObject *packetthread_tx_counts(PacketThread *self, PyObject *unused) {
+    PyObject *ct = counts_tuple(self->tx_counts, T_COUNT);
+    if (ct) memset(self->tx_counts, 0, sizeof(self->tx_counts));
+    return ct;
+}
+
+/* release(): the CONTROLs taken so far are handled; channels no longer follow them up. */
+static PyObject *packetthread_release(PacketThread *self, PyObject *unused) {
+    /* A CONTROL appended since the last take is still waiting: keep holding. */
+    Py_ssize_t n = PyList_GET_SIZE(self->slow);
+    int pending = 0;
+    for (Py_ssize_t i = 0; i < n && !pending; i++) {
+        PyObject *datagram = PyTuple_GET_ITEM(PyList_GET_ITEM(self->slow, i), 0);
+        pending = PyBytes_GET_SIZE(datagram) > 0 && (PyBytes_AS_STRING(datagram)[0] & 0x0F) == KIND_CONTROL;
+    }
+    self->hold = pending;
+    Py_RETURN_NONE;
+}
+
+/* release_tx(): Python handled what it took; the thread reads the TUN again. */
+static PyObject *packetthread_release_tx(PacketThread *self, PyObject *unused) {
+    if (self->tx_paused && PyList_GET_SIZE(self->tx_slow) == 0 && PyList_GET_SIZE(self->tx_fresh) == 0) {
+        self->tx_paused = 0;
+        if (self->started) packetthread_arm_tun(self);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *packetthread_alive(PacketThread *self, void *closure) {
+    return PyBool_FromLong(self->started && !self->failed);
+}
+
+static void packetthread_dealloc(PacketThread *self) {
+    /* a started thread holds a reference: a PacketThread is only freed after stop() */
+    pthread_close_fds(self);
+    Py_XDECREF(self->rx);
+    Py_XDECREF(self->tx);
+    Py_XDECREF(self->slow);
+    Py_XDECREF(self->tx_slow);
+    Py_XDECREF(self->tx_fresh);
+    Py_XDECREF(self->tx_touched);
+    Py_XDECREF(self->error);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *packetthread_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PacketThread *self = (PacketThread *)PyType_GenericNew(type, args, kwds);
+    if (self) self->epoll_fd = self->wake_fd = -1;
+    return (PyObject *)self;
+}
+
+static PyMethodDef packetthread_methods[] = {
+    {"start", (PyCFunction)packetthread_start, METH_NOARGS, "start(): run the packet loops on the thread from now on"},
+    {"stop", (PyCFunction)packetthread_stop, METH_NOARGS, "stop(): end the thread and wait for it"},
+    {"take", (PyCFunction)packetthread_take, METH_NOARGS,
+     "take() -> the datagrams for Engine.receive since the last take; raises what stopped the thread"},
+    {"take_tx", (PyCFunction)packetthread_take_tx, METH_NOARGS,
+     "take_tx() -> (slow packets, fresh (flow, packet) sent, touched flows) since the last take_tx"},
+    {"counts", (PyCFunction)packetthread_counts, METH_NOARGS, "counts() -> drain's counters since the last call"},
+    {"tx_counts", (PyCFunction)packetthread_tx_counts, METH_NOARGS, "tx_counts() -> pump's counters since the last call"},
+    {"release", (PyCFunction)packetthread_release, METH_NOARGS,
+     "release(): the CONTROLs taken were handled (channel datagrams stop following them up)"},
+    {"release_tx", (PyCFunction)packetthread_release_tx, METH_NOARGS,
+     "release_tx(): what take_tx handed over was handled; read the TUN again"},
+    {NULL}};
+
+static PyMemberDef packetthread_members[] = {
+    {"wakeups", T_ULONGLONG, offsetof(PacketThread, wakeups), READONLY, "drains run on the thread"},
+    {"tx_wakeups", T_ULONGLONG, offsetof(PacketThread, tx_wakeups), READONLY, "pumps run on the thread"},
+    {"gate", T_INT, offsetof(PacketThread, gate), 0, "non-zero: every wake-up that sent on a flow goes to Python"},
+    {"tx_paused", T_INT, offsetof(PacketThread, tx_paused), READONLY, "the TUN waits for release_tx()"},
+    {NULL}};
+
+static PyGetSetDef packetthread_getset[] = {
+    {"alive", (getter)packetthread_alive, NULL, "started and not failed", NULL}, {NULL}};
+
+static PyTypeObject PacketThreadType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "topomirror.dataplane._fastpath.PacketThread",
+    .tp_basicsize = sizeof(PacketThread),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "PacketThread(rx, tx, sock_fd, tun_fd, notify_fd, max_calls, mtu=1500): drain and pump on a thread "
+              "of their own (tx None: receive only).",
+    .tp_new = packetthread_new,
+    .tp_init = (initproc)packetthread_init,
+    .tp_dealloc = (destructor)packetthread_dealloc,
+    .tp_methods = packetthread_methods,
+    .tp_members = packetthread_members,
+    .tp_getset = packetthread_getset,
+};
 
 /* ------------------------------------------------------------------------------------------ */
 /* forward: the bare forwarder behind `lab.forward`, the yardstick of bench dataplane's floors  */
@@ -1405,7 +1770,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__fastpath(void) {
     static struct { const char *name; PyTypeObject *type; } types[] = {
         {"DedupWindow", &DedupWindowType}, {"PathMeter", &PathMeterType}, {"Sealer", &SealerType},
-        {"FastRx", &FastRxType}, {"FastFlow", &FastFlowType}, {"FastTx", &FastTxType}};
+        {"FastRx", &FastRxType}, {"PacketThread", &PacketThreadType}, {"FastFlow", &FastFlowType}, {"FastTx", &FastTxType}};
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {

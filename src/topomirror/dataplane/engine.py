@@ -345,6 +345,11 @@ class Engine:
         `max_calls` receive calls. Returns the datagrams for `receive` as (datagram, arrival_us)."""
         assert self.rx is not None
         slow, counts = self.rx.drain(sock_fd, -1 if tun_fd is None else tun_fd, now, offset_ns, max_calls)
+        self.drained(counts, io_stats, io_errors)
+        return slow
+
+    def drained(self, counts: tuple[int, ...], io_stats: dict[str, int], io_errors: dict[str, int]) -> None:
+        """Add what the native receive loop counted (`drain`, or the receive thread) to the counters."""
         (rx, delivered, forwarded, duplicate, replay, too_old, auth_failed, malformed,
          recv_calls, datagrams, forward_errors, no_route) = counts
         counters, drops = self.counters, self.drops
@@ -361,7 +366,6 @@ class Engine:
         io_stats["datagrams_received"] += datagrams
         if forward_errors:
             io_errors["forward"] = io_errors.get("forward", 0) + forward_errors
-        return slow
 
     def pumped(self, counts: tuple[int, ...], io_stats: dict[str, int], io_errors: dict[str, int]) -> None:
         """Add what one `tx.pump` sent to the counters."""

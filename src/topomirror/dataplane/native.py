@@ -13,6 +13,13 @@ import os
 from types import ModuleType
 
 WANTED = os.environ.get("TOPOMIRROR_DATAPLANE", "native").strip().lower() != "python"
+# `TOPOMIRROR_PACKET_THREAD=0` keeps the native packet loops on the event loop (the config's
+# `listen.packet_thread` for every node of a lab at once; the benchmark compares both in one run).
+PACKET_THREAD = os.environ.get("TOPOMIRROR_PACKET_THREAD", "1").strip() != "0"
+
+
+class PacketThreadFailed(RuntimeError):
+    """The native packet thread stopped on an error; the daemon's event loop takes over."""
 
 
 def _load() -> tuple[ModuleType | None, str]:

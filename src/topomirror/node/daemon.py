@@ -21,11 +21,13 @@ import os
 import random
 import signal
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from topomirror.analysis.metadata import may_carry_metadata
 from topomirror.dataplane import native
@@ -52,6 +54,9 @@ from topomirror.topology.budget import (
 )
 from topomirror.wire.header import MessageType, tun_mtu
 from topomirror.wire.messages import Control, Feedback, Probe
+
+if TYPE_CHECKING:
+    from topomirror.dataplane._fastpath import PacketThread
 
 log = logging.getLogger("topomirror.node")
 BATCH = 64
@@ -197,6 +202,8 @@ class Node:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._monotonic = time.monotonic
+        self.packet_thread: PacketThread | None = None  # while the native packet loops run on their own thread
+        self._thread_notify: int | None = None  # its eventfd: something came up for Python
         self.probes_sent = 0
         self.timer_errors = 0
         self.timer_slowest_ms: dict[str, float] = {}  # longest run of each timer (it blocks the loop)
@@ -290,16 +297,8 @@ class Node:
             slow, fresh, touched, counts = engine.tx.pump(self.tun_fd, self.udp.sock.fileno(), BATCH,
                                                           self.tun_mtu, now_us)
             engine.pumped(counts, self.udp.stats, self.udp.errors)
-            try:
-                if touched:
-                    self._account(touched, now)
-                if fresh:
-                    self._sent_packets(fresh, now)
-                for packet in slow:
-                    self._tun_packet(packet, now, now_us, out)
-            finally:
-                if self._native_budgeted:
-                    self._check_native_budgets(now)
+            self._pumped(slow, fresh, touched, now, now_us)
+            return
         else:
             read, tun_fd = os.read, self.tun_fd
             for _ in range(BATCH):
@@ -308,6 +307,24 @@ class Node:
                 except BlockingIOError:
                     break
                 self._tun_packet(packet, now, now_us, out)
+        if out:
+            self._send_all(out)
+
+    def _pumped(self, slow: list[bytes], fresh: list[tuple[bytes, bytes]], touched: list,  # type: ignore[type-arg]
+                now: float, now_us: int) -> None:
+        """What one or more native pumps left for Python: the flows sent on (accounting), new flows
+        sent on the standard path (`fresh`), and the packets still to decide and send (`slow`)."""
+        out: list[tuple[bytes, tuple[str, int]]] = []
+        try:
+            if touched:
+                self._account(touched, now)
+            if fresh:
+                self._sent_packets(fresh, now)
+            for packet in slow:
+                self._tun_packet(packet, now, now_us, out)
+        finally:
+            if self._native_budgeted:
+                self._check_native_budgets(now)
         if out:
             self._send_all(out)
 
@@ -513,6 +530,89 @@ class Node:
             arrival_us = (stamp + offset_ns) // 1000 if stamp is not None else time.monotonic_ns() // 1000
             items.extend((datagram, arrival_us) for datagram in datagrams)
         self._receive(items, now, now_us)
+
+    def _start_packet_thread(self) -> bool:
+        """The native packet loops on a thread of their own (`listen.packet_thread`): a datagram or
+        a TUN packet is handled the moment it arrives, without a wake-up of this loop; what needs
+        Python comes up through an eventfd (`_on_packet_thread`), and what the send loop sent for
+        each flow is accounted on a timer (`_packet_thread_tick`)."""
+        rx = self.engine.rx
+        if rx is None or not self.config.listen.packet_thread or native.fast is None or not native.PACKET_THREAD:
+            return False
+        assert self.sock is not None and self.loop is not None
+        self._thread_notify = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        tx = self.engine.tx if self.tun_fd is not None else None
+        self.packet_thread = native.fast.PacketThread(rx, tx, self.sock.fileno(),
+                                                      -1 if self.tun_fd is None else self.tun_fd,
+                                                      self._thread_notify, BATCH, self.tun_mtu)
+        # A packet that finds this loop running Python waits for the GIL at most this long.
+        sys.setswitchinterval(0.0005)
+        self.loop.add_reader(self._thread_notify, self._on_packet_thread)
+        if self.tun_fd is not None and tx is None:
+            self.loop.add_reader(self.tun_fd, self._on_tun)
+        self.packet_thread.start()
+        return True
+
+    def _stop_packet_thread(self) -> None:
+        """Stop the thread; whatever it handed up and Python has not seen yet is handled here."""
+        thread = self.packet_thread
+        if thread is None:
+            return
+        thread.stop()
+        self.fold_counts()
+        with contextlib.suppress(Exception):
+            self._from_packet_thread(thread)
+        if self._thread_notify is not None and self.loop is not None:
+            self.loop.remove_reader(self._thread_notify)
+            os.close(self._thread_notify)
+        self.packet_thread = self._thread_notify = None
+
+    def fold_counts(self) -> None:
+        """What the packet thread counted since the last call, into the counters (read by
+        `status`, the metrics and the accounting timer)."""
+        thread = self.packet_thread
+        if thread is not None and self.udp is not None:
+            self.engine.drained(thread.counts(), self.udp.stats, self.udp.errors)
+            self.engine.pumped(thread.tx_counts(), self.udp.stats, self.udp.errors)
+
+    def _on_packet_thread(self) -> None:
+        assert self._thread_notify is not None and self.packet_thread is not None
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self._thread_notify)
+        self._packet_thread_tick()
+
+    def _packet_thread_tick(self) -> None:
+        """What the thread handed up (or sent, for the accounting) since the last look."""
+        thread = self.packet_thread
+        if thread is None:
+            return
+        try:
+            self._from_packet_thread(thread)
+        except native.PacketThreadFailed:
+            log.exception("the packet thread stopped; the event loop runs the packet loops from now on")
+            self._stop_packet_thread()
+            assert self.sock is not None and self.loop is not None
+            self.loop.add_reader(self.sock.fileno(), self._on_udp)
+            if self.tun_fd is not None and self.engine.tx is not None:
+                self.loop.add_reader(self.tun_fd, self._on_tun)
+
+    def _from_packet_thread(self, thread: PacketThread) -> None:
+        now, now_us = self._now()
+        try:
+            slow = thread.take()
+            tx_slow, fresh, touched = thread.take_tx()
+        except Exception as exc:
+            raise native.PacketThreadFailed(str(exc)) from exc
+        try:
+            self._pumped(tx_slow, fresh, touched, now, now_us)
+        finally:
+            thread.gate = bool(self._native_budgeted)  # budgeted flows: every wake-up is charged before the next
+            thread.release_tx()
+        try:
+            if slow:
+                self._receive(slow, now, now_us)
+        finally:
+            thread.release()
 
     def _receive(self, items: list[tuple[bytes, int]], now: float, now_us: int) -> None:
         """Datagrams through `Engine.receive`, in order; second copies once the first are out."""
@@ -933,9 +1033,10 @@ class Node:
         if self.sock is None:
             self.open_io()
         assert self.sock is not None
-        self.loop.add_reader(self.sock.fileno(), self._on_udp)
-        if self.tun_fd is not None:
-            self.loop.add_reader(self.tun_fd, self._on_tun)
+        if not self._start_packet_thread():
+            self.loop.add_reader(self.sock.fileno(), self._on_udp)
+            if self.tun_fd is not None:
+                self.loop.add_reader(self.tun_fd, self._on_tun)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stop.set)
         runner = await start_api(self)
@@ -947,6 +1048,9 @@ class Node:
             asyncio.create_task(self._every(0.1, self._expire_flows)),
             asyncio.create_task(self._every(0.2, self._store_tick)),
         ]
+        if self.packet_thread is not None:
+            # the flows the thread sent on, into the flow table, routes and budgets
+            tasks.append(asyncio.create_task(self._every(0.01, self._packet_thread_tick)))
         if self.controller is not None:
             tasks.append(asyncio.create_task(self._every(0.01, self._analysis_tick)))
             tasks.append(asyncio.create_task(self._every(0.02, self._controller_tick)))
@@ -965,6 +1069,8 @@ class Node:
         if self.store is not None:
             self._snapshot_tick()
             self.store.close()
+        if self.packet_thread is not None:
+            self._stop_packet_thread()
         self.loop.remove_reader(self.sock.fileno())
         if self.tun_fd is not None:
             self.loop.remove_reader(self.tun_fd)
@@ -974,6 +1080,7 @@ class Node:
 
     # -- views for the API -----------------------------------------------------------------
     def status(self) -> dict[str, object]:
+        self.fold_counts()
         return {
             "node": self.config.name, "node_id": self.config.node_id, "epoch": self.epoch,
             "uptime_s": round(time.time() - self.started, 1), "tun_mtu": self.tun_mtu,
@@ -995,6 +1102,9 @@ class Node:
             "bytes_original": self.bytes_original, "bytes_extra": self.bytes_extra,
             "store_write_errors": self.store.write_errors if self.store is not None else 0,
             "store_writer_alive": self.store.writer_alive if self.store is not None else None,
+            "packet_thread": ({"alive": self.packet_thread.alive, "rx_wakeups": self.packet_thread.wakeups,
+                               "tx_wakeups": self.packet_thread.tx_wakeups}
+                              if self.packet_thread is not None else None),
         }
 
     def explain(self, subject: str) -> list[dict[str, object]]:

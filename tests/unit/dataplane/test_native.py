@@ -8,6 +8,7 @@ reports as `Engine.receive` given the same datagrams.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -23,6 +24,7 @@ from topomirror.feedback.measure import PathMeter, PyPathMeter
 from topomirror.wire.crypto import derive, derive_key, pack_nonce
 from topomirror.wire.dedup import DedupWindow, PyDedupWindow
 from topomirror.wire.header import HEADER, HEADER_SIZE, MessageType
+from topomirror.wire.messages import Control, Probe
 
 fast = native.fast
 
@@ -336,7 +338,6 @@ def test_a_datagram_behind_a_control_message_waits_for_it_in_order(udp: Udp) -> 
     # A relay that receives a vc_install and, in the same burst, data on that channel: the data must
     # not be judged before Python installed the virtual connection.
     from topomirror.dataplane.engine import CONSUMED, CONTROL, FORWARD
-    from topomirror.wire.messages import Control, Probe
 
     assert fast is not None
     b_sock, r_sock, a_sock = udp(), udp(), udp()
@@ -361,3 +362,177 @@ def test_a_datagram_behind_a_control_message_waits_for_it_in_order(udp: Udp) -> 
     assert kind == CONTROL and isinstance(message, Control) and message.op == "vc_install"
     relay.install_vc(1, message.channel, b_sock.getsockname(), expiry=100.0)  # what the daemon does
     assert relay.receive(data, 1.0, 1_000_011)[:2] == (FORWARD, data)
+
+
+def _eventfd_count(fd: int) -> int:
+    try:
+        return os.eventfd_read(fd)
+    except BlockingIOError:
+        return 0
+
+
+def _until(check: Callable[[], bool], seconds: float = 2.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.005)
+    return check()
+
+
+def test_the_receive_thread_delivers_without_being_called_and_wakes_python_only_for_the_rest(udp: Udp) -> None:
+    assert fast is not None
+    b_sock, r_sock, a_sock = udp(), udp(), udp()
+    tun_read, tun_write = os.pipe()
+    os.set_blocking(tun_read, False)
+    notify = os.eventfd(0, os.EFD_NONBLOCK)
+    a, b = _engines(b_sock.getsockname(), r_sock.getsockname())
+    peer = a.peers[2]
+    wire = [a.encapsulate(peer, [peer.standard], f"inner-{i}".encode(), 1.0, 1_000_000 + i)[0][0]  # type: ignore[list-item]
+            for i in range(30)]
+    assert b.receive(wire[0], 1.0, 1_000_000)[0] == DELIVER  # the epoch, through Python as always
+    assert b.rx is not None
+    thread = fast.PacketThread(b.rx, None, b_sock.fileno(), tun_write, notify, 64)
+    thread.start()
+    try:
+        assert thread.alive
+        for datagram in wire[1:]:
+            a_sock.sendto(datagram, b_sock.getsockname())
+        delivered = b""
+
+        def all_there() -> bool:
+            nonlocal delivered
+            with contextlib.suppress(BlockingIOError):
+                delivered += os.read(tun_read, 65536)
+            return all(f"inner-{i}".encode() in delivered for i in range(1, 30))
+
+        assert _until(all_there)  # nobody called drain: the thread did
+        assert thread.take() == [] and _eventfd_count(notify) == 0  # nothing for Python, no wake-up
+        b.drained(thread.counts(), {"recv_calls": 0, "datagrams_received": 0}, {})
+        assert b.counters["delivered"] == 30 and b.drops["duplicate"] == 0
+        assert thread.counts()[1] == 0  # counts() resets
+        # A FEEDBACK-like message for Python (a PROBE) wakes the loop and comes up with its arrival time.
+        [(probe, _)] = a.message(peer, MessageType.PROBE, Probe(7), [peer.standard], 1.0, 1_000_100)  # type: ignore[list-item]
+        a_sock.sendto(probe, b_sock.getsockname())
+        assert _until(lambda: _eventfd_count(notify) > 0)
+        [(datagram, arrival_us)] = thread.take()
+        assert datagram == probe and abs(arrival_us - time.monotonic_ns() // 1000) < 2_000_000
+        assert thread.wakeups >= 2
+    finally:
+        thread.stop()
+        os.close(tun_read)
+        os.close(tun_write)
+        os.close(notify)
+    assert not thread.alive
+
+
+def test_the_receive_thread_holds_a_channel_behind_a_control_until_python_handled_it(udp: Udp) -> None:
+    from topomirror.dataplane.engine import CONSUMED, CONTROL
+
+    assert fast is not None
+    b_sock, r_sock, a_sock = udp(), udp(), udp()
+    notify = os.eventfd(0, os.EFD_NONBLOCK)
+    a, _b = _engines(b_sock.getsockname(), r_sock.getsockname())
+    relay = _relay(a_sock.getsockname())
+    to_relay, peer = a.peers[3], a.peers[2]
+    [(hello, _)] = a.message(to_relay, MessageType.PROBE, Probe(1), [to_relay.standard], 1.0, 1_000_000)  # type: ignore[list-item]
+    assert relay.receive(hello, 1.0, 1_000_000)[0] == CONSUMED
+    install = a.message(to_relay, MessageType.CONTROL, Control("vc_install", 1, 5, next_hop="127.0.0.1:9",
+                                                                 lease_ms=1000), [to_relay.standard], 1.0,
+                        1_000_001)[0][0]  # type: ignore[list-item]
+    data = [a.encapsulate(peer, a.routes_to(peer), bytes([i]) * 50, 1.0, 1_000_002 + i)[1][0] for i in range(3)]
+    assert relay.rx is not None
+    thread = fast.PacketThread(relay.rx, None, r_sock.fileno(), -1, notify, 64)
+    thread.start()
+    try:
+        a_sock.sendto(install, r_sock.getsockname())
+        assert _until(lambda: _eventfd_count(notify) > 0)
+        # Python has not taken the CONTROL yet: data on a channel the relay cannot forward follows it up.
+        a_sock.sendto(data[0], r_sock.getsockname())
+        time.sleep(0.05)
+        taken = [d for d, _ in thread.take()]
+        assert taken == [install, data[0]]
+        _eventfd_count(notify)  # (both wake-ups read)
+        kind, message, _ = relay.receive(install, 1.0, 1_000_010)
+        assert kind == CONTROL and isinstance(message, Control)
+        # Still held while Python works: the next datagram on the channel comes up too.
+        a_sock.sendto(data[1], r_sock.getsockname())
+        assert _until(lambda: _eventfd_count(notify) > 0)
+        assert [d for d, _ in thread.take()] == [data[1]]
+        relay.install_vc(1, message.channel, b_sock.getsockname(), expiry=time.monotonic() + 100)
+        thread.release()  # handled: from now on the thread forwards on the channel itself
+        a_sock.sendto(data[2], r_sock.getsockname())
+        assert _waiting(b_sock) == [data[2]]
+        assert thread.take() == [] and relay.vcs[(1, 5)][2] == 1
+    finally:
+        thread.stop()
+        os.close(notify)
+
+
+def test_a_packet_thread_that_was_never_started_stops_and_frees_cleanly(udp: Udp) -> None:
+    assert fast is not None
+    b = Engine(2, 7)
+    assert b.rx is not None
+    thread = fast.PacketThread(b.rx, None, udp().fileno(), -1, os.eventfd(0), 8)
+    thread.stop()
+    assert not thread.alive and thread.take() == [] and len(thread.counts()) == 12
+    assert thread.take_tx() == ([], [], []) and len(thread.tx_counts()) == 7
+    with pytest.raises(TypeError):
+        fast.PacketThread(object(), None, 0, -1, 0, 8)
+    with pytest.raises(TypeError):
+        fast.PacketThread(b.rx, object(), 0, 3, 0, 8)
+    with pytest.raises(ValueError, match="TUN"):
+        fast.PacketThread(b.rx, b.tx, 0, -1, 0, 8)
+
+
+def test_the_packet_thread_sends_registered_flows_and_holds_the_tun_while_python_has_a_packet(udp: Udp) -> None:
+    from topomirror.dataplane.packet import flow_bytes
+
+    assert fast is not None
+    b_sock, r_sock, a_sock = udp(), udp(), udp()
+    tun_app, tun_node = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)  # one read, one packet, as a TUN
+    tun_node.setblocking(False)
+    notify = os.eventfd(0, os.EFD_NONBLOCK)
+    a, _b = _engines(b_sock.getsockname(), r_sock.getsockname())
+    assert a.tx is not None and a.rx is not None
+    peer = a.peers[2]
+    std = peer.standard
+    assert std is not None
+    fast_packets = [_udp_packet(5000, f"fast-{i}".encode()) for i in range(5)]
+    a.tx.flows[flow_bytes(fast_packets[0])] = fast.FastFlow(object(), (std,), peer.sealer,
+                                                             ((std.address[0], std.address[1], std.path_id, 0),))
+    thread = fast.PacketThread(a.rx, a.tx, a_sock.fileno(), tun_node.fileno(), notify, 64, 1400)
+    thread.start()
+    try:
+        tun_app.send(fast_packets[0])
+        assert len(_waiting(b_sock)) == 1  # sealed and sent by the thread, nobody called pump
+        assert _eventfd_count(notify) == 0  # a flow sent on alone does not wake Python ...
+        slow, fresh, [flow] = thread.take_tx()  # ... it is taken on the daemon's timer
+        assert (slow, fresh, flow.take()) == ([], [], (1, len(fast_packets[0])))
+        # A packet for Python: the thread hands it up and reads no further, so nothing overtakes it.
+        other = _udp_packet(5001, b"slow")
+        tun_app.send(other)
+        assert _until(lambda: _eventfd_count(notify) > 0) and thread.tx_paused
+        tun_app.send(fast_packets[1])
+        assert _waiting(b_sock) == []
+        assert thread.take_tx() == ([other], [], [])
+        thread.release_tx()  # Python sent it: the thread goes on
+        assert len(_waiting(b_sock)) == 1 and not thread.tx_paused
+        # Gated (budgeted flows): every wake-up that sent on a flow is handed over before the next.
+        thread.gate = 1
+        tun_app.send(fast_packets[2])
+        assert _until(lambda: _eventfd_count(notify) > 0) and thread.tx_paused
+        tun_app.send(fast_packets[3])
+        assert len(_waiting(b_sock)) == 1  # the first was sent; the second waits for the charge
+        slow, fresh, [flow] = thread.take_tx()
+        assert (slow, fresh, flow.take()) == ([], [], (2, len(fast_packets[1]) + len(fast_packets[2])))
+        thread.gate = 0
+        thread.release_tx()
+        assert len(_waiting(b_sock)) == 1
+    finally:
+        thread.stop()
+        tun_app.close()
+        tun_node.close()
+        os.close(notify)
+    assert thread.tx_wakeups >= 4
+    assert thread.tx_counts()[4:] == (4, 4, sum(len(p) for p in fast_packets[:4]))  # packets, copies, bytes
