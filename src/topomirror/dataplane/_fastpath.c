@@ -1400,9 +1400,9 @@ static void fd_signal(int fd) {
     (void)ignored;
 }
 
-/* Watch the TUN again (it is registered one-shot: every event disarms it). */
-static void packetthread_arm_tun(PacketThread *self) {
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT};
+/* Watch the TUN (armed) or not while Python holds some of its packets. */
+static void packetthread_watch_tun(PacketThread *self, int armed) {
+    struct epoll_event ev = {.events = armed ? EPOLLIN : 0};
     ev.data.fd = self->tun_fd;
     epoll_ctl(self->epoll_fd, EPOLL_CTL_MOD, self->tun_fd, &ev);
 }
@@ -1441,7 +1441,7 @@ static void *packetthread_main(void *arg) {
         PyGILState_STATE gil = PyGILState_Ensure();
         if (self->stopping) { PyGILState_Release(gil); break; }
         int notify = 0, rc = 0;
-        if (tun_ready && self->tx) {
+        if (tun_ready && self->tx && !self->tx_paused) {
             Py_ssize_t slow0 = PyList_GET_SIZE(self->tx_slow), fresh0 = PyList_GET_SIZE(self->tx_fresh);
             unsigned long long sent0 = self->tx_counts[T_PACKETS];
             rc = pump_into(self->tx, self->tun_fd, self->sock_fd, self->max_calls, self->mtu, now_us, self->tx_slow,
@@ -1450,8 +1450,7 @@ static void *packetthread_main(void *arg) {
             if (PyList_GET_SIZE(self->tx_slow) > slow0 || PyList_GET_SIZE(self->tx_fresh) > fresh0 ||
                 (self->gate && self->tx_counts[T_PACKETS] > sent0)) {
                 self->tx_paused = notify = 1;
-            } else if (!self->tx_paused) {
-                packetthread_arm_tun(self);
+                packetthread_watch_tun(self, 0);
             }
         }
         if (rc == 0 && sock_ready) {
@@ -1491,7 +1490,6 @@ static PyObject *packetthread_start(PacketThread *self, PyObject *unused) {
     ev.data.fd = self->wake_fd;
     bad = bad || epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, self->wake_fd, &ev) < 0;
     if (self->tx) {
-        ev.events = EPOLLIN | EPOLLONESHOT;
         ev.data.fd = self->tun_fd;
         bad = bad || epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, self->tun_fd, &ev) < 0;
     }
@@ -1590,7 +1588,7 @@ static PyObject *packetthread_release(PacketThread *self, PyObject *unused) {
 static PyObject *packetthread_release_tx(PacketThread *self, PyObject *unused) {
     if (self->tx_paused && PyList_GET_SIZE(self->tx_slow) == 0 && PyList_GET_SIZE(self->tx_fresh) == 0) {
         self->tx_paused = 0;
-        if (self->started) packetthread_arm_tun(self);
+        if (self->started) packetthread_watch_tun(self, 1);
     }
     Py_RETURN_NONE;
 }
