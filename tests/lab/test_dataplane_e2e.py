@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from topomirror.api.client import fetch
 from topomirror.lab.realize import set_link, set_link_state
 from topomirror.lab.registry import LabRegistry
@@ -33,7 +35,9 @@ def _bounds(n: int, p: float, sigmas: float = 4.5) -> tuple[float, float]:
     return max(0.0, p - half), p + half
 
 
-def test_ping_through_the_overlay_with_mirroring_has_no_dups(make_lab) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("thread", [False, True], ids=["event_loop", "packet_thread"])
+def test_ping_through_the_overlay_with_mirroring_has_no_dups(make_lab, monkeypatch, thread: bool) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("TOPOMIRROR_PACKET_THREAD", "1" if thread else "0")  # the node daemons inherit it
     lab = make_lab(LAB, "tt-dp-ping")
     res = lab.exec("h1", "ping", "-c", "30", "-i", "0.05", "-W", "1", H2_OVERLAY)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -41,11 +45,14 @@ def test_ping_through_the_overlay_with_mirroring_has_no_dups(make_lab) -> None: 
     h2 = api(lab, "h2")
     assert h2["drops"]["duplicate"] >= 30, "the mirror copy arrived and was dropped as a duplicate"
     assert h2["counters"]["delivered"] >= 30
-    # The packet loops run on their own threads (listen.packet_thread, the default): they, not the
-    # event loops, sent the requests, relayed the copies and delivered them.
+    # With the packet thread (listen.packet_thread), it, not the event loops, sent the requests,
+    # relayed the copies and delivered them.
     for node, side in (("h1", "tx_wakeups"), ("r1", "rx_wakeups"), ("h2", "rx_wakeups")):
-        thread = api(lab, node)["packet_thread"]
-        assert thread is not None and thread["alive"] and thread[side] >= 30, (node, thread)
+        state = api(lab, node)["packet_thread"]
+        if thread:
+            assert state is not None and state["alive"] and state[side] >= 30, (node, state)
+        else:
+            assert state is None, (node, state)
     flows = api(lab, "h1", "flows")
     icmp = [f for f in flows if f["flow"].startswith("icmp")]
     assert icmp and icmp[0]["mirror_active"] and "filter 100" in icmp[0]["reason"]

@@ -1332,10 +1332,12 @@ static PyTypeObject FastTxType = {
  *   CONTROLs among them were handled (until then a datagram on a channel we cannot forward
  *   follows them up: the CONTROL may install that very channel);
  * - send side: `take_tx()` hands over (slow packets, fresh (flow, packet) already sent, touched
- *   flows). While slow or fresh packets wait for Python, or while `gate` is set and a flow was
- *   sent on (budgeted flows: the daemon charges every wake-up before the next), the thread reads
- *   no more from the TUN, so no packet overtakes one that Python holds; `release_tx()` resumes.
- *   Touched flows alone do not wake Python: the daemon takes them on a timer.
+ *   flows). While slow packets wait for Python, or while `gate` is set and a flow was sent on
+ *   (budgeted flows: the daemon charges every wake-up before the next), the thread reads no more
+ *   from the TUN, so no packet overtakes one that Python holds; `release_tx()` resumes. Fresh
+ *   packets (new flows, sent on the standard path already) wake Python without holding the TUN:
+ *   until Python has taken a new flow into its table, its next packets are new to the loop too and
+ *   go out the same way. Touched flows alone do not wake Python: the daemon takes them on a timer.
  * `counts()` and `tx_counts()` hand over the counters of drain and pump. */
 
 typedef struct {
@@ -1420,6 +1422,10 @@ static void packetthread_fail(PacketThread *self) {
 static void *packetthread_main(void *arg) {
     PacketThread *self = arg;
     struct epoll_event events[3];
+    /* One thread state for the thread's life (PyGILState_Ensure per wake-up would create and free
+     * one each time); the GIL is let go while the thread waits. */
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyThreadState *state = PyEval_SaveThread();
     for (;;) {
         int n = epoll_wait(self->epoll_fd, events, 3, -1);
         if (n < 0 && errno == EINTR) continue;
@@ -1438,8 +1444,8 @@ static void *packetthread_main(void *arg) {
         double now = (double)mono.tv_sec + mono.tv_nsec / 1e9;
         long long now_us = (long long)mono.tv_sec * 1000000LL + mono.tv_nsec / 1000;
         long long offset_ns = ((long long)mono.tv_sec - real.tv_sec) * 1000000000LL + (mono.tv_nsec - real.tv_nsec);
-        PyGILState_STATE gil = PyGILState_Ensure();
-        if (self->stopping) { PyGILState_Release(gil); break; }
+        PyEval_RestoreThread(state);
+        if (self->stopping) { state = PyEval_SaveThread(); break; }
         int notify = 0, rc = 0;
         if (tun_ready && self->tx && !self->tx_paused) {
             Py_ssize_t slow0 = PyList_GET_SIZE(self->tx_slow), fresh0 = PyList_GET_SIZE(self->tx_fresh);
@@ -1447,10 +1453,11 @@ static void *packetthread_main(void *arg) {
             rc = pump_into(self->tx, self->tun_fd, self->sock_fd, self->max_calls, self->mtu, now_us, self->tx_slow,
                            self->tx_fresh, self->tx_touched, self->tx_counts);
             self->tx_wakeups++;
-            if (PyList_GET_SIZE(self->tx_slow) > slow0 || PyList_GET_SIZE(self->tx_fresh) > fresh0 ||
-                (self->gate && self->tx_counts[T_PACKETS] > sent0)) {
+            if (PyList_GET_SIZE(self->tx_slow) > slow0 || (self->gate && self->tx_counts[T_PACKETS] > sent0)) {
                 self->tx_paused = notify = 1;
                 packetthread_watch_tun(self, 0);
+            } else if (PyList_GET_SIZE(self->tx_fresh) > fresh0) {
+                notify = 1; /* sent already: Python learns of the new flows, nothing waits for it */
             }
         }
         if (rc == 0 && sock_ready) {
@@ -1464,10 +1471,12 @@ static void *packetthread_main(void *arg) {
             packetthread_fail(self);
             notify = 1;
         }
-        PyGILState_Release(gil);
+        state = PyEval_SaveThread();
         if (notify) fd_signal(self->notify_fd);
         if (rc < 0) break;
     }
+    PyEval_RestoreThread(state);
+    PyGILState_Release(gil);
     return NULL;
 }
 
@@ -1586,7 +1595,7 @@ static PyObject *packetthread_release(PacketThread *self, PyObject *unused) {
 
 /* release_tx(): Python handled what it took; the thread reads the TUN again. */
 static PyObject *packetthread_release_tx(PacketThread *self, PyObject *unused) {
-    if (self->tx_paused && PyList_GET_SIZE(self->tx_slow) == 0 && PyList_GET_SIZE(self->tx_fresh) == 0) {
+    if (self->tx_paused && PyList_GET_SIZE(self->tx_slow) == 0) {
         self->tx_paused = 0;
         if (self->started) packetthread_watch_tun(self, 1);
     }

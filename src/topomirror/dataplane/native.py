@@ -13,9 +13,10 @@ import os
 from types import ModuleType
 
 WANTED = os.environ.get("TOPOMIRROR_DATAPLANE", "native").strip().lower() != "python"
-# `TOPOMIRROR_PACKET_THREAD=0` keeps the native packet loops on the event loop (the config's
-# `listen.packet_thread` for every node of a lab at once; the benchmark compares both in one run).
-PACKET_THREAD = os.environ.get("TOPOMIRROR_PACKET_THREAD", "1").strip() != "0"
+# `TOPOMIRROR_PACKET_THREAD=1` (or `0`) turns the native packet thread on (or off) whatever the
+# config's `listen.packet_thread` says: every node of a lab at once (the benchmark compares both in
+# one run). Unset: the config decides.
+PACKET_THREAD = {"1": True, "0": False}.get(os.environ.get("TOPOMIRROR_PACKET_THREAD", "").strip())
 
 
 class PacketThreadFailed(RuntimeError):

@@ -537,7 +537,8 @@ class Node:
         Python comes up through an eventfd (`_on_packet_thread`), and what the send loop sent for
         each flow is accounted on a timer (`_packet_thread_tick`)."""
         rx = self.engine.rx
-        if rx is None or not self.config.listen.packet_thread or native.fast is None or not native.PACKET_THREAD:
+        wanted = self.config.listen.packet_thread if native.PACKET_THREAD is None else native.PACKET_THREAD
+        if rx is None or native.fast is None or not wanted:
             return False
         assert self.sock is not None and self.loop is not None
         self._thread_notify = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)

@@ -536,3 +536,35 @@ def test_the_packet_thread_sends_registered_flows_and_holds_the_tun_while_python
         os.close(notify)
     assert thread.tx_wakeups >= 4
     assert thread.tx_counts()[4:] == (4, 4, sum(len(p) for p in fast_packets[:4]))  # packets, copies, bytes
+
+
+def test_the_packet_thread_wakes_python_for_new_flows_it_sent_without_holding_the_tun(udp: Udp) -> None:
+    from topomirror.dataplane.packet import flow_bytes
+
+    assert fast is not None
+    b_sock, r_sock, a_sock = udp(), udp(), udp()
+    tun_app, tun_node = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    tun_node.setblocking(False)
+    notify = os.eventfd(0, os.EFD_NONBLOCK)
+    a, _b = _engines(b_sock.getsockname(), r_sock.getsockname())
+    assert a.tx is not None and a.rx is not None
+    peer = a.peers[2]
+    std = peer.standard
+    assert std is not None and peer.sealer is not None
+    a.tx.new_flows({}, ((0xAC100200, 0xFFFFFF00, peer.sealer, (std.address[0], std.address[1], std.path_id, 0)),))
+    new = [_udp_packet(6000 + i, b"new") for i in range(2)]
+    thread = fast.PacketThread(a.rx, a.tx, a_sock.fileno(), tun_node.fileno(), notify, 64, 1400)
+    thread.start()
+    try:
+        tun_app.send(new[0])
+        assert _until(lambda: _eventfd_count(notify) > 0)
+        assert not thread.tx_paused  # sent already: nothing waits for Python
+        tun_app.send(new[1])
+        assert len(_waiting(b_sock)) == 2  # both out on the standard path before Python looked
+        slow, fresh, touched = thread.take_tx()
+        assert slow == [] and touched == [] and fresh == [(flow_bytes(p), p) for p in new]
+    finally:
+        thread.stop()
+        tun_app.close()
+        tun_node.close()
+        os.close(notify)
