@@ -9,6 +9,7 @@ reports as `Engine.receive` given the same datagrams.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import time
@@ -485,25 +486,59 @@ def test_a_packet_thread_that_was_never_started_stops_and_frees_cleanly(udp: Udp
         fast.PacketThread(b.rx, b.tx, 0, -1, 0, 8)
 
 
-def test_the_packet_thread_sends_registered_flows_and_holds_the_tun_while_python_has_a_packet(udp: Udp) -> None:
-    from topomirror.dataplane.packet import flow_bytes
+@dataclasses.dataclass
+class Sending:
+    """Node a's packet thread on a socketpair TUN (one read, one packet), its peer b's socket."""
+    a: Engine
+    b_sock: socket.socket
+    tun_app: socket.socket
+    notify: int
+    thread: object
 
+
+@contextlib.contextmanager
+def _sending_thread(udp: Udp, prepare: Callable[[Engine], None]) -> Iterator[Sending]:
+    """`prepare` registers flows on a's send loop before the thread starts; all closed after."""
     assert fast is not None
     b_sock, r_sock, a_sock = udp(), udp(), udp()
-    tun_app, tun_node = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)  # one read, one packet, as a TUN
+    tun_app, tun_node = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     tun_node.setblocking(False)
     notify = os.eventfd(0, os.EFD_NONBLOCK)
     a, _b = _engines(b_sock.getsockname(), r_sock.getsockname())
     assert a.tx is not None and a.rx is not None
-    peer = a.peers[2]
-    std = peer.standard
-    assert std is not None
-    fast_packets = [_udp_packet(5000, f"fast-{i}".encode()) for i in range(5)]
-    a.tx.flows[flow_bytes(fast_packets[0])] = fast.FastFlow(object(), (std,), peer.sealer,
-                                                             ((std.address[0], std.address[1], std.path_id, 0),))
+    prepare(a)
     thread = fast.PacketThread(a.rx, a.tx, a_sock.fileno(), tun_node.fileno(), notify, 64, 1400)
     thread.start()
     try:
+        yield Sending(a, b_sock, tun_app, notify, thread)
+    finally:
+        thread.stop()
+        tun_app.close()
+        tun_node.close()
+        os.close(notify)
+
+
+def _standard(a: Engine):  # type: ignore[no-untyped-def]
+    peer = a.peers[2]
+    assert peer.standard is not None and peer.sealer is not None
+    return peer, peer.standard
+
+
+def test_the_packet_thread_sends_registered_flows_and_holds_the_tun_while_python_has_a_packet(udp: Udp) -> None:
+    from topomirror.dataplane.packet import flow_bytes
+
+    assert fast is not None
+    fast_packets = [_udp_packet(5000, f"fast-{i}".encode()) for i in range(5)]
+
+    def register(a: Engine) -> None:
+        peer, std = _standard(a)
+        assert a.tx is not None and fast is not None
+        a.tx.flows[flow_bytes(fast_packets[0])] = fast.FastFlow(
+            object(), (std,), peer.sealer, ((std.address[0], std.address[1], std.path_id, 0),))
+
+    with _sending_thread(udp, register) as run:
+        b_sock, tun_app, notify, thread = run.b_sock, run.tun_app, run.notify, run.thread
+        assert isinstance(thread, fast.PacketThread)
         tun_app.send(fast_packets[0])
         assert len(_waiting(b_sock)) == 1  # sealed and sent by the thread, nobody called pump
         assert _eventfd_count(notify) == 0  # a flow sent on alone does not wake Python ...
@@ -529,11 +564,6 @@ def test_the_packet_thread_sends_registered_flows_and_holds_the_tun_while_python
         thread.gate = 0
         thread.release_tx()
         assert len(_waiting(b_sock)) == 1
-    finally:
-        thread.stop()
-        tun_app.close()
-        tun_node.close()
-        os.close(notify)
     assert thread.tx_wakeups >= 4
     assert thread.tx_counts()[4:] == (4, 4, sum(len(p) for p in fast_packets[:4]))  # packets, copies, bytes
 
@@ -542,29 +572,20 @@ def test_the_packet_thread_wakes_python_for_new_flows_it_sent_without_holding_th
     from topomirror.dataplane.packet import flow_bytes
 
     assert fast is not None
-    b_sock, r_sock, a_sock = udp(), udp(), udp()
-    tun_app, tun_node = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    tun_node.setblocking(False)
-    notify = os.eventfd(0, os.EFD_NONBLOCK)
-    a, _b = _engines(b_sock.getsockname(), r_sock.getsockname())
-    assert a.tx is not None and a.rx is not None
-    peer = a.peers[2]
-    std = peer.standard
-    assert std is not None and peer.sealer is not None
-    a.tx.new_flows({}, ((0xAC100200, 0xFFFFFF00, peer.sealer, (std.address[0], std.address[1], std.path_id, 0)),))
     new = [_udp_packet(6000 + i, b"new") for i in range(2)]
-    thread = fast.PacketThread(a.rx, a.tx, a_sock.fileno(), tun_node.fileno(), notify, 64, 1400)
-    thread.start()
-    try:
-        tun_app.send(new[0])
-        assert _until(lambda: _eventfd_count(notify) > 0)
+
+    def table(a: Engine) -> None:
+        peer, std = _standard(a)
+        assert a.tx is not None
+        a.tx.new_flows({}, ((0xAC100200, 0xFFFFFF00, peer.sealer, (std.address[0], std.address[1], std.path_id, 0)),))
+
+    with _sending_thread(udp, table) as run:
+        thread = run.thread
+        assert isinstance(thread, fast.PacketThread)
+        run.tun_app.send(new[0])
+        assert _until(lambda: _eventfd_count(run.notify) > 0)
         assert not thread.tx_paused  # sent already: nothing waits for Python
-        tun_app.send(new[1])
-        assert len(_waiting(b_sock)) == 2  # both out on the standard path before Python looked
+        run.tun_app.send(new[1])
+        assert len(_waiting(run.b_sock)) == 2  # both out on the standard path before Python looked
         slow, fresh, touched = thread.take_tx()
         assert slow == [] and touched == [] and fresh == [(flow_bytes(p), p) for p in new]
-    finally:
-        thread.stop()
-        tun_app.close()
-        tun_node.close()
-        os.close(notify)
