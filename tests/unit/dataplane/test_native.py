@@ -589,3 +589,34 @@ def test_the_packet_thread_wakes_python_for_new_flows_it_sent_without_holding_th
         assert len(_waiting(run.b_sock)) == 2  # both out on the standard path before Python looked
         slow, fresh, touched = thread.take_tx()
         assert slow == [] and touched == [] and fresh == [(flow_bytes(p), p) for p in new]
+
+
+def test_a_packet_thread_that_fails_stops_and_take_raises_what_stopped_it(udp: Udp) -> None:
+    from topomirror.wire.crypto import derive_key
+
+    assert fast is not None
+    b_sock, r_sock, a_sock = udp(), udp(), udp()
+    notify = os.eventfd(0, os.EFD_NONBLOCK)
+    a, b = _engines(b_sock.getsockname(), r_sock.getsockname())
+    peer = a.peers[2]
+    datagram = a.encapsulate(peer, [peer.standard], b"inner", 1.0, 1_000_000)[0][0]  # type: ignore[list-item]
+
+    class Broken:
+        def meter(self, path_id: int) -> None:
+            raise RuntimeError(f"no meter for path {path_id}")
+
+    assert b.rx is not None
+    epoch = int.from_bytes(datagram[6:8], "big")  # the header's sender epoch
+    b.rx.set_peer(1, epoch, derive_key(KEY_AB, 1, epoch), fast.DedupWindow(1024, 250_000), Broken())
+    thread = fast.PacketThread(b.rx, None, b_sock.fileno(), -1, notify, 8)
+    thread.start()
+    try:
+        a_sock.sendto(datagram, b_sock.getsockname())
+        assert _until(lambda: _eventfd_count(notify) > 0)  # the loop is woken to learn of it
+        assert _until(lambda: not thread.alive)
+        with pytest.raises(RuntimeError, match="no meter for path 0"):
+            thread.take()
+        assert thread.take() == []  # raised once
+    finally:
+        thread.stop()
+        os.close(notify)

@@ -3,37 +3,14 @@
 from __future__ import annotations
 
 import struct
-from pathlib import Path
-
-import pytest
 
 from topomirror.dataplane.packet import flow_bytes
-from topomirror.lab.plan import compile_lab
-from topomirror.lab.registry import LabRegistry
-from topomirror.lab.spec import load_lab
-from topomirror.node.config import load_config
 from topomirror.node.daemon import Node
-from topomirror.node.launch import generate_configs
-
-DIAMOND = Path(__file__).parents[3] / "examples" / "labs" / "diamond-mirror.yaml"
 
 
 def _udp(sport: int, dport: int) -> bytes:
     head = bytes([0x45, 0, 0, 60, 0, 0, 0, 0, 64, 17, 0, 0, 172, 16, 1, 1, 172, 16, 2, 1])
     return head + struct.pack("!HHHH", sport, dport, 40, 0) + bytes(32)
-
-
-@pytest.fixture
-def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Node:
-    monkeypatch.setenv("TOPOMIRROR_RUN_DIR", str(tmp_path))
-    spec = load_lab(DIAMOND)
-    registry = LabRegistry(lab=spec.name, file=str(DIAMOND), deployed_at=0.0)
-    registry.folder.mkdir(parents=True)
-    configs = generate_configs(compile_lab(spec), registry)
-    node = Node(load_config(configs["h1"]))
-    yield node
-    if node.store is not None:
-        node.store.close()
 
 
 def test_flows_view_is_the_most_recent_flows_and_explain_falls_back_to_the_live_table(node: Node) -> None:
