@@ -35,9 +35,9 @@ def _bounds(n: int, p: float, sigmas: float = 4.5) -> tuple[float, float]:
     return max(0.0, p - half), p + half
 
 
-@pytest.mark.parametrize("thread", [False, True], ids=["event_loop", "packet_thread"])
-def test_ping_through_the_overlay_with_mirroring_has_no_dups(make_lab, monkeypatch, thread: bool) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("TOPOMIRROR_PACKET_THREAD", "1" if thread else "0")  # the node daemons inherit it
+@pytest.mark.parametrize("thread", ["off", "on", "auto"])
+def test_ping_through_the_overlay_with_mirroring_has_no_dups(make_lab, monkeypatch, thread: str) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("TOPOMIRROR_PACKET_THREAD", thread)  # the node daemons inherit it
     lab = make_lab(LAB, "tt-dp-ping")
     res = lab.exec("h1", "ping", "-c", "30", "-i", "0.05", "-W", "1", H2_OVERLAY)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -45,14 +45,16 @@ def test_ping_through_the_overlay_with_mirroring_has_no_dups(make_lab, monkeypat
     h2 = api(lab, "h2")
     assert h2["drops"]["duplicate"] >= 30, "the mirror copy arrived and was dropped as a duplicate"
     assert h2["counters"]["delivered"] >= 30
-    # With the packet thread (listen.packet_thread), it, not the event loops, sent the requests,
+    # With the packet thread (listen.packet_thread on, or auto), it, not the event loops, sent the requests,
     # relayed the copies and delivered them.
     for node, side in (("h1", "tx_wakeups"), ("r1", "rx_wakeups"), ("h2", "rx_wakeups")):
         state = api(lab, node)["packet_thread"]
-        if thread:
-            assert state is not None and state["alive"] and state[side] >= 30, (node, state)
-        else:
+        if thread == "off":
             assert state is None, (node, state)
+        else:
+            assert state is not None and state["alive"] and state[side] >= 30, (node, state)
+            # a ping every 50 ms is far from busy: under auto the thread kept the packets
+            assert state["auto"] == (thread == "auto") and state["handoffs"] == 0, (node, state)
     flows = api(lab, "h1", "flows")
     icmp = [f for f in flows if f["flow"].startswith("icmp")]
     assert icmp and icmp[0]["mirror_active"] and "filter 100" in icmp[0]["reason"]

@@ -18,11 +18,12 @@ On the two-path lab with node daemons on h1, h2 and relay r1:
   add: the cheapest two user-space hops this machine allows; `floor_duplicated_p50_us`: the same
   duplicated (a second copy through a bare forwarder on the relay r1, the first copy kept at h2;
   three processes, no tunnel, no encryption): the cheapest the duplicated headline could be;
-  `added_latency_packet_thread_p50_us`: the duplicated tunnel in a second copy of the lab, deployed
-  beside the first for the latency rounds, whose nodes run the native packet loops on a thread of
-  their own (`TOPOMIRROR_PACKET_THREAD=1`, the config's `listen.packet_thread`) instead of from the
-  event loop (the default); `ratios.packet_thread_vs_event_loop_p50` divides it by the headline;
-  `packet_thread_udp_trials`: iperf3 UDP at 60k and 66k pkt/s through both labs, alternating;
+  `added_latency_event_loop_p50_us`: the duplicated tunnel in a second copy of the lab, deployed
+  beside the first for the latency rounds, whose nodes call the native packet loops from the event
+  loop (`TOPOMIRROR_PACKET_THREAD=off`) where the first lab's run them on their own thread while
+  they carry under 25,000 packets/s (`listen.packet_thread: auto`, the default);
+  `ratios.packet_thread_vs_event_loop_p50` divides the headline by it; `udp_pairs`: iperf3 UDP at
+  60k and 66k pkt/s through both labs, alternating (what auto costs at high rates);
   `_at_2kpps`: the same at 2k/s;
 - python_*: with `reference`, the lab deployed again with `TOPOMIRROR_DATAPLANE=python` (the
   pure-Python reference data plane) for the duplicated TCP goodput and the lossless UDP rate, so
@@ -76,19 +77,18 @@ def run(*, seconds: float = 5.0, quick: bool = False, reference: bool = True,
         # over what arrived during a scheduling gap in one burst, which a small buffer drops.
         results["dup_udp_pps_lossless_default_buffers"], results["udp_trials_default_buffers"] = _lossless_pps(
             plan, seconds=min(seconds, 3.0), steps=4 if quick else 6, progress=progress, buffer=None)
-        progress("deploying a second copy of the lab, its nodes' packet loops on a thread of their own")
-        thread_spec = spec.model_copy(update={"name": "bn-dpthread"})
-        with _environment(TOPOMIRROR_PACKET_THREAD="1"):
-            deploy(thread_spec, "bench", force=True)
+        progress("deploying a second copy of the lab, its nodes' packet loops on the event loop")
+        loop_spec = spec.model_copy(update={"name": "bn-dploop"})
+        with _environment(TOPOMIRROR_PACKET_THREAD="off"):
+            deploy(loop_spec, "bench", force=True)
         try:
             time.sleep(0.5)
-            thread_plan = compile_lab(thread_spec)
+            loop_plan = compile_lab(loop_spec)
             results.update(_latency(plan, h2_direct, rounds=2 if quick else 5, seconds=1.5, progress=progress,
-                                    thread_plan=thread_plan))
-            results["packet_thread_udp_trials"] = _udp_pairs(plan, thread_plan, rounds=1 if quick else 2,
-                                                             progress=progress)
+                                    loop_plan=loop_plan))
+            results["udp_pairs"] = _udp_pairs(plan, loop_plan, rounds=1 if quick else 2, progress=progress)
         finally:
-            destroy(thread_spec)
+            destroy(loop_spec)
     finally:
         progress("destroying the lab")
         destroy(spec)
@@ -101,9 +101,9 @@ def run(*, seconds: float = 5.0, quick: bool = False, reference: bool = True,
         "tunnel_vs_direct": round(float(results["tunnel_tcp_gbps"]) / direct_gbps, 4),  # type: ignore[arg-type]
         "dup_vs_direct": round(float(results["dup_tcp_gbps"]) / direct_gbps, 4),  # type: ignore[arg-type]
     }
-    if results.get("added_latency_packet_thread_p50_us") and results.get("added_latency_p50_us"):
+    if results.get("added_latency_event_loop_p50_us") and results.get("added_latency_p50_us"):
         results["ratios"]["packet_thread_vs_event_loop_p50"] = round(  # type: ignore[index]
-            float(results["added_latency_packet_thread_p50_us"]) / float(results["added_latency_p50_us"]), 2)  # type: ignore[arg-type]
+            float(results["added_latency_p50_us"]) / float(results["added_latency_event_loop_p50_us"]), 2)  # type: ignore[arg-type]
     if reference and results.get("python_dup_udp_pps_lossless"):
         results["ratios"]["native_vs_python_pps"] = round(  # type: ignore[index]
             int(results["dup_udp_pps_lossless"]) / int(results["python_dup_udp_pps_lossless"]), 2)  # type: ignore[call-overload]
@@ -112,7 +112,7 @@ def run(*, seconds: float = 5.0, quick: bool = False, reference: bool = True,
     return results
 
 
-PROBES = ("direct", "floor", "floor_dup", "single", "tunnel_dup", "thread_dup")
+PROBES = ("direct", "floor", "floor_dup", "single", "tunnel_dup", "loop_dup")
 
 
 @contextlib.contextmanager
@@ -131,7 +131,7 @@ def _environment(**values: str) -> Iterator[None]:
 
 
 def _latency(plan, h2_direct: str, *, rounds: int, seconds: float,  # type: ignore[no-untyped-def]
-             progress: Callable[[str], None], thread_plan=None) -> dict[str, object]:
+             progress: Callable[[str], None], loop_plan=None) -> dict[str, object]:
     """One-way delay at 10k and 2k packets/s: the direct path, the floor (two bare forwarders),
     the tunnel on one path and duplicated, in `rounds` alternating rounds (a figure is the median
     over the rounds of the tunnel's minus the direct path's, so a noisy minute hits both). The
@@ -156,7 +156,7 @@ def _latency(plan, h2_direct: str, *, rounds: int, seconds: float,  # type: igno
     targets = {"direct": (9401, h2_direct, None), "floor": (9501, "127.0.0.1", 9503),
                "floor_dup": (9511, "127.0.0.1", 9513),
                "single": (9402, H2_OVERLAY, None), "tunnel_dup": (9400, H2_OVERLAY, None),
-               "thread_dup": (9400, H2_OVERLAY, None)}
+               "loop_dup": (9400, H2_OVERLAY, None)}
     with contextlib.ExitStack() as running:
         for node, argv, port in forwarders:
             running.enter_context(in_node(plan, node, argv))
@@ -165,10 +165,10 @@ def _latency(plan, h2_direct: str, *, rounds: int, seconds: float,  # type: igno
             for round_ in range(rounds):
                 progress(f"latency at {rate // 1000}k packets/s, round {round_ + 1}/{rounds}")
                 for name in PROBES:
-                    if name == "thread_dup" and thread_plan is None:
+                    if name == "loop_dup" and loop_plan is None:
                         continue
                     port, address, recv_port = targets[name]
-                    probe = udp_probe(thread_plan if name == "thread_dup" else plan, "h1", "h2",
+                    probe = udp_probe(loop_plan if name == "loop_dup" else plan, "h1", "h2",
                                       count=int(rate * seconds), rate_pps=rate, size=200,
                                       port=port, dst_address=address, recv_port=recv_port, even=True)
                     if probe.owd_p50_us is None:
@@ -188,10 +188,10 @@ def _latency(plan, h2_direct: str, *, rounds: int, seconds: float,  # type: igno
         # The same duplicated: a copy through a bare forwarder on the relay, the first copy kept.
         results["floor_duplicated_p50_us" + suffix] = _added(probes["floor_dup" + suffix], direct, "owd_p50_us")
         results["added_latency_single_path_p50_us" + suffix] = _added(single, direct, "owd_p50_us")
-        if "thread_dup" + suffix in probes:
+        if "loop_dup" + suffix in probes:
             # the other lab's direct path is the same veth pair on the same machine
-            results["added_latency_packet_thread_p50_us" + suffix] = _added(probes["thread_dup" + suffix], direct,
-                                                                             "owd_p50_us")
+            results["added_latency_event_loop_p50_us" + suffix] = _added(probes["loop_dup" + suffix], direct,
+                                                                          "owd_p50_us")
     results["latency_rounds"] = rounds
     results["latency_detail"] = {
         name: [{"p50_us": probe.owd_p50_us, "p99_us": probe.owd_p99_us, "socket_p50_us": probe.owd_kernel_p50_us,
@@ -229,13 +229,13 @@ def _python_reference(spec, plan, *, seconds: float, quick: bool,  # type: ignor
     return out
 
 
-def _udp_pairs(plan, thread_plan, *, rounds: int,  # type: ignore[no-untyped-def]
+def _udp_pairs(plan, loop_plan, *, rounds: int,  # type: ignore[no-untyped-def]
                progress: Callable[[str], None]) -> list[dict[str, object]]:
-    """iperf3 UDP (1200 B, 4 MB buffers, 3 s) at 60k and 66k pkt/s through the lab whose nodes run
-    their packet loops from the event loop and through the one with the packet thread, alternating."""
+    """iperf3 UDP (1200 B, 4 MB buffers, 3 s) at 60k and 66k pkt/s through the lab with the default
+    packet thread (auto) and through the one whose nodes call the loops from the event loop, alternating."""
     trials: list[dict[str, object]] = []
     for round_ in range(rounds):
-        order = (("event_loop", plan), ("packet_thread", thread_plan))
+        order = (("auto", plan), ("event_loop", loop_plan))
         for mode, lab in order if round_ % 2 == 0 else order[::-1]:
             for rate in (60_000, 66_000):
                 progress(f"UDP at {rate} packets/s, {mode.replace('_', ' ')}, round {round_ + 1}/{rounds}")

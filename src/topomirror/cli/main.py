@@ -758,7 +758,7 @@ def bench_dataplane(
     _report_bench("dataplane", results, out_dir, json_out, (
         "direct_tcp_gbps", "tunnel_tcp_gbps", "dup_tcp_gbps", "dup_udp_pps_lossless",
         "added_latency_p50_us", "added_latency_p99_us", "added_latency_single_path_p50_us",
-        "floor_two_hops_p50_us", "floor_duplicated_p50_us", "added_latency_packet_thread_p50_us"))
+        "floor_two_hops_p50_us", "floor_duplicated_p50_us", "added_latency_event_loop_p50_us"))
 
 
 @bench_app.command("flows")

@@ -1350,6 +1350,10 @@ typedef struct {
     int hold;                    /* a CONTROL went up and is not handled yet (see drain_into) */
     int gate;                    /* set by the daemon: hand over every wake-up that sent on a flow */
     int tx_paused;               /* the TUN is not watched until release_tx() */
+    int busy_pps;                /* > 0: above this rate (datagrams in + packets out per second) */
+    int handed_off;              /* ... the thread stops watching both and the daemon's loop takes over */
+    long long window_us;         /* start of the rate window */
+    unsigned long long window_packets;
     pthread_t thread;
     PyObject *slow;              /* (datagram, arrival_us) for Engine.receive, in arrival order */
     PyObject *tx_slow, *tx_fresh, *tx_touched;
@@ -1409,6 +1413,32 @@ static void packetthread_watch_tun(PacketThread *self, int armed) {
     epoll_ctl(self->epoll_fd, EPOLL_CTL_MOD, self->tun_fd, &ev);
 }
 
+/* Watch the socket, or not while the daemon's loop has the packets (handed off). */
+static void packetthread_watch_sock(PacketThread *self, int armed) {
+    struct epoll_event ev = {.events = armed ? EPOLLIN : 0};
+    ev.data.fd = self->sock_fd;
+    epoll_ctl(self->epoll_fd, EPOLL_CTL_MOD, self->sock_fd, &ev);
+}
+
+/* Busy for the thread (`busy_pps`): it answers each packet as soon as it comes, which at high rates
+ * means small batches and many wake-ups, its own and the receiving application's. Above the rate the
+ * daemon's event loop, which batches by being slower to wake, carries the packets; `resume()` gives
+ * them back. 1 when the thread handed off. */
+static int packetthread_busy(PacketThread *self, long long now_us, unsigned long long carried) {
+    if (self->busy_pps <= 0) return 0;
+    self->window_packets += carried;
+    long long elapsed = now_us - self->window_us;
+    if (elapsed < 20000) return 0;
+    int busy = self->window_packets * 1000000ULL > (unsigned long long)self->busy_pps * (unsigned long long)elapsed;
+    self->window_us = now_us;
+    self->window_packets = 0;
+    if (!busy) return 0;
+    self->handed_off = 1;
+    packetthread_watch_sock(self, 0);
+    if (self->tx && !self->tx_paused) packetthread_watch_tun(self, 0);
+    return 1;
+}
+
 static void packetthread_fail(PacketThread *self) {
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
@@ -1447,6 +1477,8 @@ static void *packetthread_main(void *arg) {
         PyEval_RestoreThread(state);
         if (self->stopping) { state = PyEval_SaveThread(); break; }
         int notify = 0, rc = 0;
+        unsigned long long carried0 = self->counts[C_DATAGRAMS] + self->tx_counts[T_PACKETS];
+        if (self->handed_off) sock_ready = tun_ready = 0; /* (events from before the hand-off) */
         if (tun_ready && self->tx && !self->tx_paused) {
             Py_ssize_t slow0 = PyList_GET_SIZE(self->tx_slow), fresh0 = PyList_GET_SIZE(self->tx_fresh);
             unsigned long long sent0 = self->tx_counts[T_PACKETS];
@@ -1469,6 +1501,9 @@ static void *packetthread_main(void *arg) {
         }
         if (rc < 0) {
             packetthread_fail(self);
+            notify = 1;
+        } else if (!self->handed_off &&
+                   packetthread_busy(self, now_us, self->counts[C_DATAGRAMS] + self->tx_counts[T_PACKETS] - carried0)) {
             notify = 1;
         }
         state = PyEval_SaveThread();
@@ -1507,6 +1542,10 @@ static PyObject *packetthread_start(PacketThread *self, PyObject *unused) {
         pthread_close_fds(self);
         return NULL;
     }
+    struct timespec mono;
+    clock_gettime(CLOCK_MONOTONIC, &mono);
+    self->window_us = (long long)mono.tv_sec * 1000000LL + mono.tv_nsec / 1000;
+    self->window_packets = 0;
     Py_INCREF(self); /* the thread's reference, dropped by stop() */
     int err = pthread_create(&self->thread, NULL, packetthread_main, self);
     if (err) {
@@ -1597,7 +1636,23 @@ static PyObject *packetthread_release(PacketThread *self, PyObject *unused) {
 static PyObject *packetthread_release_tx(PacketThread *self, PyObject *unused) {
     if (self->tx_paused && PyList_GET_SIZE(self->tx_slow) == 0) {
         self->tx_paused = 0;
-        if (self->started) packetthread_watch_tun(self, 1);
+        if (self->started && !self->handed_off) packetthread_watch_tun(self, 1);
+    }
+    Py_RETURN_NONE;
+}
+
+/* resume(): the daemon's loop hands the packets back (the rate fell); the thread watches again. */
+static PyObject *packetthread_resume(PacketThread *self, PyObject *unused) {
+    if (self->handed_off) {
+        self->handed_off = 0;
+        struct timespec mono;
+        clock_gettime(CLOCK_MONOTONIC, &mono);
+        self->window_us = (long long)mono.tv_sec * 1000000LL + mono.tv_nsec / 1000;
+        self->window_packets = 0;
+        if (self->started) {
+            packetthread_watch_sock(self, 1);
+            if (self->tx && !self->tx_paused) packetthread_watch_tun(self, 1);
+        }
     }
     Py_RETURN_NONE;
 }
@@ -1636,6 +1691,8 @@ static PyMethodDef packetthread_methods[] = {
     {"tx_counts", (PyCFunction)packetthread_tx_counts, METH_NOARGS, "tx_counts() -> pump's counters since the last call"},
     {"release", (PyCFunction)packetthread_release, METH_NOARGS,
      "release(): the CONTROLs taken were handled (channel datagrams stop following them up)"},
+    {"resume", (PyCFunction)packetthread_resume, METH_NOARGS,
+     "resume(): after a hand-off, the thread watches the socket and the TUN again"},
     {"release_tx", (PyCFunction)packetthread_release_tx, METH_NOARGS,
      "release_tx(): what take_tx handed over was handled; read the TUN again"},
     {NULL}};
@@ -1645,6 +1702,9 @@ static PyMemberDef packetthread_members[] = {
     {"tx_wakeups", T_ULONGLONG, offsetof(PacketThread, tx_wakeups), READONLY, "pumps run on the thread"},
     {"gate", T_INT, offsetof(PacketThread, gate), 0, "non-zero: every wake-up that sent on a flow goes to Python"},
     {"tx_paused", T_INT, offsetof(PacketThread, tx_paused), READONLY, "the TUN waits for release_tx()"},
+    {"busy_pps", T_INT, offsetof(PacketThread, busy_pps), 0,
+     "> 0: above this rate (datagrams in + packets out per second) the thread hands off to the daemon's loop"},
+    {"handed_off", T_INT, offsetof(PacketThread, handed_off), READONLY, "the daemon's loop has the packets"},
     {NULL}};
 
 static PyGetSetDef packetthread_getset[] = {

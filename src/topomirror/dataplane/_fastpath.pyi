@@ -50,6 +50,8 @@ class PacketThread:
     tx_wakeups: int
     gate: int
     tx_paused: int
+    busy_pps: int
+    handed_off: int
     alive: bool
     def __init__(self, rx: FastRx, tx: FastTx | None, sock_fd: int, tun_fd: int, notify_fd: int, max_calls: int,
                  mtu: int = 1500) -> None: ...
@@ -61,6 +63,7 @@ class PacketThread:
     def tx_counts(self) -> tuple[int, ...]: ...
     def release(self) -> None: ...
     def release_tx(self) -> None: ...
+    def resume(self) -> None: ...
 
 class FastFlow:
     entry: Any

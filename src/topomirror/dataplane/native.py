@@ -13,10 +13,11 @@ import os
 from types import ModuleType
 
 WANTED = os.environ.get("TOPOMIRROR_DATAPLANE", "native").strip().lower() != "python"
-# `TOPOMIRROR_PACKET_THREAD=1` (or `0`) turns the native packet thread on (or off) whatever the
-# config's `listen.packet_thread` says: every node of a lab at once (the benchmark compares both in
-# one run). Unset: the config decides.
-PACKET_THREAD = {"1": True, "0": False}.get(os.environ.get("TOPOMIRROR_PACKET_THREAD", "").strip())
+# `TOPOMIRROR_PACKET_THREAD=on|off|auto` (or 1|0) sets the native packet thread whatever the
+# config's `listen.packet_thread` says: every node of a lab at once (the benchmark compares them
+# in one run). Unset: the config decides.
+PACKET_THREAD = {"1": "on", "on": "on", "0": "off", "off": "off", "auto": "auto"}.get(
+    os.environ.get("TOPOMIRROR_PACKET_THREAD", "").strip().lower())
 
 
 class PacketThreadFailed(RuntimeError):

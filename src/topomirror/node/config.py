@@ -42,11 +42,11 @@ class Listen(BaseModel):
     port: int = Field(default=4789, ge=1, le=65535)
     gso: bool = Field(default=True, description="send bursts with UDP segmentation offload (one call per burst)")
     gro: bool = Field(default=True, description="receive coalesced bursts (UDP_GRO) where the kernel offers them")
-    packet_thread: bool = Field(default=False, description=(
-        "run the native packet loops on a thread of their own: a datagram or TUN packet is sent, "
-        "delivered or forwarded the moment it arrives, without waking the event loop (lower latency; "
-        "on a machine whose cores the traffic's own applications saturate, a lower lossless rate: "
-        "docs/BENCHMARKS.md); needs the native data plane"))
+    packet_thread: Literal["auto", "on", "off"] = Field(default="auto", description=(
+        "the native packet loops on a thread of their own, which sends, delivers or forwards a packet "
+        "the moment it arrives instead of waking the event loop: lower latency, but at high rates "
+        "smaller batches and more wake-ups (docs/BENCHMARKS.md); auto: the thread while the node "
+        "carries under 25,000 packets/s, the event loop above; needs the native data plane"))
 
 
 class Overlay(BaseModel):

@@ -60,6 +60,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("topomirror.node")
 BATCH = 64
+# `listen.packet_thread: auto`: above this many datagrams in plus packets out per second the packet
+# thread's prompt wake-ups cost more than they save (small batches, and a receiving application
+# woken per batch: docs/BENCHMARKS.md, the packet thread), and the event loop carries the packets.
+BUSY_PPS = 25_000
 TIMER_SLOW_MS = 2.0  # a timer run longer than this holds every packet that arrives meanwhile
 NATIVE_PREFIXES = 256  # MAX_PREFIXES in _fastpath.c
 # A node mirroring one direction of a connection asks the peer to mirror the other (CONTROL
@@ -203,6 +207,10 @@ class Node:
         self._stop = asyncio.Event()
         self._monotonic = time.monotonic
         self.packet_thread: PacketThread | None = None  # while the native packet loops run on their own thread
+        self.packet_thread_handoffs = 0  # times the thread, busy, left the packets to the event loop
+        self._loop_has_packets = False  # the event loop reads the socket and the TUN (no thread, or handed off)
+        self._quiet_since = 0.0  # handed off: the rate is looked at over [_quiet_since, now]
+        self._busy_mark = 0
         self._thread_notify: int | None = None  # its eventfd: something came up for Python
         self.probes_sent = 0
         self.timer_errors = 0
@@ -537,8 +545,8 @@ class Node:
         Python comes up through an eventfd (`_on_packet_thread`), and what the send loop sent for
         each flow is accounted on a timer (`_packet_thread_tick`)."""
         rx = self.engine.rx
-        wanted = self.config.listen.packet_thread if native.PACKET_THREAD is None else native.PACKET_THREAD
-        if rx is None or native.fast is None or not wanted:
+        mode = native.PACKET_THREAD or self.config.listen.packet_thread
+        if rx is None or native.fast is None or mode == "off":
             return False
         assert self.sock is not None and self.loop is not None
         self._thread_notify = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -546,6 +554,8 @@ class Node:
         self.packet_thread = native.fast.PacketThread(rx, tx, self.sock.fileno(),
                                                       -1 if self.tun_fd is None else self.tun_fd,
                                                       self._thread_notify, BATCH, self.tun_mtu)
+        if mode == "auto":
+            self.packet_thread.busy_pps = BUSY_PPS
         # A packet that finds this loop running Python waits for the GIL at most this long.
         sys.setswitchinterval(0.0005)
         self.loop.add_reader(self._thread_notify, self._on_packet_thread)
@@ -592,10 +602,41 @@ class Node:
         except native.PacketThreadFailed:
             log.exception("the packet thread stopped; the event loop runs the packet loops from now on")
             self._stop_packet_thread()
-            assert self.sock is not None and self.loop is not None
-            self.loop.add_reader(self.sock.fileno(), self._on_udp)
-            if self.tun_fd is not None and self.engine.tx is not None:
-                self.loop.add_reader(self.tun_fd, self._on_tun)
+            if not self._loop_has_packets:
+                self._loop_takes_packets(True)
+            return
+        if thread.handed_off and not self._loop_has_packets:
+            # Busy (`BUSY_PPS`): the event loop carries the packets, in its bigger batches, until
+            # the rate has stayed under half of it for a second.
+            self.packet_thread_handoffs += 1
+            self._loop_takes_packets(True)
+            self._quiet_since, self._busy_mark = self._now()[0], self._packets_carried()
+        elif self._loop_has_packets and thread.alive:
+            now = self._now()[0]
+            if now - self._quiet_since >= 1.0:
+                carried = self._packets_carried()
+                rate = (carried - self._busy_mark) / (now - self._quiet_since)
+                self._quiet_since, self._busy_mark = now, carried
+                if rate < BUSY_PPS / 2:
+                    self._loop_takes_packets(False)
+                    thread.resume()
+
+    def _packets_carried(self) -> int:
+        self.fold_counts()
+        return self.engine.counters["rx_datagrams"] + self.engine.counters["tx_packets"]
+
+    def _loop_takes_packets(self, take: bool) -> None:
+        """The event loop reads the socket and the TUN (take), or leaves them to the thread."""
+        assert self.sock is not None and self.loop is not None
+        self._loop_has_packets = take
+        readers = [(self.sock.fileno(), self._on_udp)]
+        if self.tun_fd is not None and self.engine.tx is not None:
+            readers.append((self.tun_fd, self._on_tun))
+        for fd, reader in readers:
+            if take:
+                self.loop.add_reader(fd, reader)
+            else:
+                self.loop.remove_reader(fd)
 
     def _from_packet_thread(self, thread: PacketThread) -> None:
         now, now_us = self._now()
@@ -1035,9 +1076,7 @@ class Node:
             self.open_io()
         assert self.sock is not None
         if not self._start_packet_thread():
-            self.loop.add_reader(self.sock.fileno(), self._on_udp)
-            if self.tun_fd is not None:
-                self.loop.add_reader(self.tun_fd, self._on_tun)
+            self._loop_takes_packets(True)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stop.set)
         runner = await start_api(self)
@@ -1104,7 +1143,9 @@ class Node:
             "store_write_errors": self.store.write_errors if self.store is not None else 0,
             "store_writer_alive": self.store.writer_alive if self.store is not None else None,
             "packet_thread": ({"alive": self.packet_thread.alive, "rx_wakeups": self.packet_thread.wakeups,
-                               "tx_wakeups": self.packet_thread.tx_wakeups}
+                               "tx_wakeups": self.packet_thread.tx_wakeups,
+                               "auto": self.packet_thread.busy_pps > 0, "handoffs": self.packet_thread_handoffs,
+                               "event_loop_has_packets": self._loop_has_packets}
                               if self.packet_thread is not None else None),
         }
 

@@ -620,3 +620,43 @@ def test_a_packet_thread_that_fails_stops_and_take_raises_what_stopped_it(udp: U
     finally:
         thread.stop()
         os.close(notify)
+
+
+def test_a_busy_packet_thread_hands_the_packets_to_the_event_loop_until_resumed(udp: Udp) -> None:
+    assert fast is not None
+    b_sock, r_sock, a_sock = udp(), udp(), udp()
+    tun_read, tun_write = os.pipe()
+    os.set_blocking(tun_read, False)
+    notify = os.eventfd(0, os.EFD_NONBLOCK)
+    a, b = _engines(b_sock.getsockname(), r_sock.getsockname())
+    peer = a.peers[2]
+    wire = [a.encapsulate(peer, [peer.standard], f"inner-{i}".encode(), 1.0, 1_000_000 + i)[0][0]  # type: ignore[list-item]
+            for i in range(40)]
+    assert b.receive(wire[0], 1.0, 1_000_000)[0] == DELIVER
+    assert b.rx is not None
+    thread = fast.PacketThread(b.rx, None, b_sock.fileno(), tun_write, notify, 64)
+    thread.busy_pps = 200  # a rate a test reaches: 20 datagrams within a 20-30 ms window is >= 600/s
+    thread.start()
+    try:
+        for datagram in wire[1:21]:
+            a_sock.sendto(datagram, b_sock.getsockname())
+        time.sleep(0.025)
+        a_sock.sendto(wire[21], b_sock.getsockname())  # the first wake-up after 20 ms closes the window: busy
+        assert _until(lambda: thread.handed_off == 1) and _eventfd_count(notify) > 0
+        for datagram in wire[22:]:
+            a_sock.sendto(datagram, b_sock.getsockname())
+        time.sleep(0.05)
+        # Handed off: the socket is the event loop's now (here: the test's own drain).
+        assert b.drain(b_sock.fileno(), tun_write, 1.0, 0, 64, {"recv_calls": 0, "datagrams_received": 0}, {}) == []
+        b.drained(thread.counts(), {"recv_calls": 0, "datagrams_received": 0}, {})
+        assert b.counters["delivered"] == 40
+        thread.busy_pps = 0
+        thread.resume()
+        a_sock.sendto(wire[1], b_sock.getsockname())  # the thread takes it again (seen before: dropped)
+        assert _waiting(b_sock) == [] and not thread.handed_off
+        assert thread.counts()[0] == 1  # received by the thread
+    finally:
+        thread.stop()
+        os.close(tun_read)
+        os.close(tun_write)
+        os.close(notify)
