@@ -35,9 +35,14 @@ def _bounds(n: int, p: float, sigmas: float = 4.5) -> tuple[float, float]:
     return max(0.0, p - half), p + half
 
 
-@pytest.mark.parametrize("thread", ["off", "on", "auto"])
+@pytest.mark.parametrize("thread", ["off", "on", "auto", "python"])
 def test_ping_through_the_overlay_with_mirroring_has_no_dups(make_lab, monkeypatch, thread: str) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("TOPOMIRROR_PACKET_THREAD", thread)  # the node daemons inherit it
+    # The node daemons inherit the variables: the packet thread off, on and auto, and the
+    # pure-Python reference data plane (no C loops, no thread).
+    if thread == "python":
+        monkeypatch.setenv("TOPOMIRROR_DATAPLANE", "python")
+    else:
+        monkeypatch.setenv("TOPOMIRROR_PACKET_THREAD", thread)
     lab = make_lab(LAB, "tt-dp-ping")
     res = lab.exec("h1", "ping", "-c", "30", "-i", "0.05", "-W", "1", H2_OVERLAY)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -49,7 +54,7 @@ def test_ping_through_the_overlay_with_mirroring_has_no_dups(make_lab, monkeypat
     # relayed the copies and delivered them.
     for node, side in (("h1", "tx_wakeups"), ("r1", "rx_wakeups"), ("h2", "rx_wakeups")):
         state = api(lab, node)["packet_thread"]
-        if thread == "off":
+        if thread in ("off", "python"):
             assert state is None, (node, state)
         else:
             assert state is not None and state["alive"] and state[side] >= 30, (node, state)

@@ -559,8 +559,6 @@ class Node:
         # A packet that finds this loop running Python waits for the GIL at most this long.
         sys.setswitchinterval(0.0005)
         self.loop.add_reader(self._thread_notify, self._on_packet_thread)
-        if self.tun_fd is not None and tx is None:
-            self.loop.add_reader(self.tun_fd, self._on_tun)
         self.packet_thread.start()
         return True
 
@@ -630,7 +628,7 @@ class Node:
         assert self.sock is not None and self.loop is not None
         self._loop_has_packets = take
         readers = [(self.sock.fileno(), self._on_udp)]
-        if self.tun_fd is not None and self.engine.tx is not None:
+        if self.tun_fd is not None:
             readers.append((self.tun_fd, self._on_tun))
         for fd, reader in readers:
             if take:

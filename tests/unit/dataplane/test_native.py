@@ -381,7 +381,21 @@ def _until(check: Callable[[], bool], seconds: float = 2.0) -> bool:
     return check()
 
 
-def test_the_receive_thread_delivers_without_being_called_and_wakes_python_only_for_the_rest(udp: Udp) -> None:
+@dataclasses.dataclass
+class Receiving:
+    """Node b's packet thread (receive side, a pipe for its TUN); a's DATA for it, the epoch known."""
+    a: Engine
+    b: Engine
+    b_sock: socket.socket
+    a_sock: socket.socket
+    tun_read: int
+    notify: int
+    wire: list[bytes]
+    thread: object
+
+
+@contextlib.contextmanager
+def _receiving_thread(udp: Udp, count: int, busy_pps: int = 0) -> Iterator[Receiving]:
     assert fast is not None
     b_sock, r_sock, a_sock = udp(), udp(), udp()
     tun_read, tun_write = os.pipe()
@@ -390,21 +404,34 @@ def test_the_receive_thread_delivers_without_being_called_and_wakes_python_only_
     a, b = _engines(b_sock.getsockname(), r_sock.getsockname())
     peer = a.peers[2]
     wire = [a.encapsulate(peer, [peer.standard], f"inner-{i}".encode(), 1.0, 1_000_000 + i)[0][0]  # type: ignore[list-item]
-            for i in range(30)]
+            for i in range(count)]
     assert b.receive(wire[0], 1.0, 1_000_000)[0] == DELIVER  # the epoch, through Python as always
     assert b.rx is not None
     thread = fast.PacketThread(b.rx, None, b_sock.fileno(), tun_write, notify, 64)
+    thread.busy_pps = busy_pps
     thread.start()
     try:
-        assert thread.alive
-        for datagram in wire[1:]:
-            a_sock.sendto(datagram, b_sock.getsockname())
+        yield Receiving(a, b, b_sock, a_sock, tun_read, notify, wire, thread)
+    finally:
+        thread.stop()
+        os.close(tun_read)
+        os.close(tun_write)
+        os.close(notify)
+
+
+def test_the_receive_thread_delivers_without_being_called_and_wakes_python_only_for_the_rest(udp: Udp) -> None:
+    assert fast is not None
+    with _receiving_thread(udp, 30) as run:
+        thread, notify, b = run.thread, run.notify, run.b
+        assert isinstance(thread, fast.PacketThread) and thread.alive
+        for datagram in run.wire[1:]:
+            run.a_sock.sendto(datagram, run.b_sock.getsockname())
         delivered = b""
 
         def all_there() -> bool:
             nonlocal delivered
             with contextlib.suppress(BlockingIOError):
-                delivered += os.read(tun_read, 65536)
+                delivered += os.read(run.tun_read, 65536)
             return all(f"inner-{i}".encode() in delivered for i in range(1, 30))
 
         assert _until(all_there)  # nobody called drain: the thread did
@@ -412,18 +439,15 @@ def test_the_receive_thread_delivers_without_being_called_and_wakes_python_only_
         b.drained(thread.counts(), {"recv_calls": 0, "datagrams_received": 0}, {})
         assert b.counters["delivered"] == 30 and b.drops["duplicate"] == 0
         assert thread.counts()[1] == 0  # counts() resets
-        # A FEEDBACK-like message for Python (a PROBE) wakes the loop and comes up with its arrival time.
-        [(probe, _)] = a.message(peer, MessageType.PROBE, Probe(7), [peer.standard], 1.0, 1_000_100)  # type: ignore[list-item]
-        a_sock.sendto(probe, b_sock.getsockname())
+        # A message for Python (a PROBE) wakes the loop and comes up with its arrival time.
+        peer = run.a.peers[2]
+        [(probe, _)] = run.a.message(peer, MessageType.PROBE, Probe(7), [peer.standard], 1.0,  # type: ignore[list-item]
+                                     1_000_100)
+        run.a_sock.sendto(probe, run.b_sock.getsockname())
         assert _until(lambda: _eventfd_count(notify) > 0)
         [(datagram, arrival_us)] = thread.take()
         assert datagram == probe and abs(arrival_us - time.monotonic_ns() // 1000) < 2_000_000
         assert thread.wakeups >= 2
-    finally:
-        thread.stop()
-        os.close(tun_read)
-        os.close(tun_write)
-        os.close(notify)
     assert not thread.alive
 
 
@@ -624,39 +648,24 @@ def test_a_packet_thread_that_fails_stops_and_take_raises_what_stopped_it(udp: U
 
 def test_a_busy_packet_thread_hands_the_packets_to_the_event_loop_until_resumed(udp: Udp) -> None:
     assert fast is not None
-    b_sock, r_sock, a_sock = udp(), udp(), udp()
-    tun_read, tun_write = os.pipe()
-    os.set_blocking(tun_read, False)
-    notify = os.eventfd(0, os.EFD_NONBLOCK)
-    a, b = _engines(b_sock.getsockname(), r_sock.getsockname())
-    peer = a.peers[2]
-    wire = [a.encapsulate(peer, [peer.standard], f"inner-{i}".encode(), 1.0, 1_000_000 + i)[0][0]  # type: ignore[list-item]
-            for i in range(40)]
-    assert b.receive(wire[0], 1.0, 1_000_000)[0] == DELIVER
-    assert b.rx is not None
-    thread = fast.PacketThread(b.rx, None, b_sock.fileno(), tun_write, notify, 64)
-    thread.busy_pps = 200  # a rate a test reaches: 20 datagrams within a 20-30 ms window is >= 600/s
-    thread.start()
-    try:
+    # a rate a test reaches: 20 datagrams within a 20-30 ms window is >= 600/s
+    with _receiving_thread(udp, 40, busy_pps=200) as run:
+        thread, b, wire, a_sock, to_b = run.thread, run.b, run.wire, run.a_sock, run.b_sock.getsockname()
+        assert isinstance(thread, fast.PacketThread)
         for datagram in wire[1:21]:
-            a_sock.sendto(datagram, b_sock.getsockname())
+            a_sock.sendto(datagram, to_b)
         time.sleep(0.025)
-        a_sock.sendto(wire[21], b_sock.getsockname())  # the first wake-up after 20 ms closes the window: busy
-        assert _until(lambda: thread.handed_off == 1) and _eventfd_count(notify) > 0
+        a_sock.sendto(wire[21], to_b)  # the first wake-up after 20 ms closes the window: busy
+        assert _until(lambda: thread.handed_off == 1) and _eventfd_count(run.notify) > 0
         for datagram in wire[22:]:
-            a_sock.sendto(datagram, b_sock.getsockname())
+            a_sock.sendto(datagram, to_b)
         time.sleep(0.05)
         # Handed off: the socket is the event loop's now (here: the test's own drain).
-        assert b.drain(b_sock.fileno(), tun_write, 1.0, 0, 64, {"recv_calls": 0, "datagrams_received": 0}, {}) == []
+        assert b.drain(run.b_sock.fileno(), -1, 1.0, 0, 64, {"recv_calls": 0, "datagrams_received": 0}, {}) == []
         b.drained(thread.counts(), {"recv_calls": 0, "datagrams_received": 0}, {})
         assert b.counters["delivered"] == 40
         thread.busy_pps = 0
         thread.resume()
-        a_sock.sendto(wire[1], b_sock.getsockname())  # the thread takes it again (seen before: dropped)
-        assert _waiting(b_sock) == [] and not thread.handed_off
+        a_sock.sendto(wire[1], to_b)  # the thread takes it again (seen before: dropped)
+        assert _waiting(run.b_sock) == [] and not thread.handed_off
         assert thread.counts()[0] == 1  # received by the thread
-    finally:
-        thread.stop()
-        os.close(tun_read)
-        os.close(tun_write)
-        os.close(notify)
