@@ -11,7 +11,8 @@
  * which also keeps the session and path sequence counters) and sends the packets of the flows the
  * daemon registered, in UDP GSO runs per next hop, and under an adaptive policy the packets of
  * flows new to the daemon's table on their peer's standard path (handed up already sent, for the
- * flow table and the decision); every other packet goes back to the daemon.
+ * flow table and the decision); every other packet goes back to the daemon. `PacketThread` calls
+ * drain and pump from a thread of its own instead of the daemon's event loop.
  *
  * No policy lives here: what to mirror, when and where stays in Python.
  */
@@ -1338,6 +1339,11 @@ static PyTypeObject FastTxType = {
  *   packets (new flows, sent on the standard path already) wake Python without holding the TUN:
  *   until Python has taken a new flow into its table, its next packets are new to the loop too and
  *   go out the same way. Touched flows alone do not wake Python: the daemon takes them on a timer.
+ * With `busy_pps` set (the daemon's `listen.packet_thread: auto`), a thread that carried more than
+ * that many packets per second over a 20 ms window stops watching the socket and the TUN, sets
+ * `handed_off` and wakes the daemon, whose event loop reads them until it calls `resume()`: a thread
+ * that answers every packet at once makes small batches and many wake-ups, its own and the
+ * receiving application's, which at high rates cost more than the latency they save.
  * `counts()` and `tx_counts()` hand over the counters of drain and pump. */
 
 typedef struct {

@@ -297,7 +297,6 @@ class Node:
         assert self.tun_fd is not None and self.udp is not None
         now, now_us = self._now()
         engine = self.engine
-        out: list[tuple[bytes, tuple[str, int]]] = []
         if engine.tx is not None:
             # The native loop seals and sends the packets of the flows handed down to it, and the
             # first packets of new flows under an adaptive policy (`fresh`, already sent); the
@@ -307,14 +306,14 @@ class Node:
             engine.pumped(counts, self.udp.stats, self.udp.errors)
             self._pumped(slow, fresh, touched, now, now_us)
             return
-        else:
-            read, tun_fd = os.read, self.tun_fd
-            for _ in range(BATCH):
-                try:
-                    packet = read(tun_fd, 65535)
-                except BlockingIOError:
-                    break
-                self._tun_packet(packet, now, now_us, out)
+        out: list[tuple[bytes, tuple[str, int]]] = []
+        read, tun_fd = os.read, self.tun_fd
+        for _ in range(BATCH):
+            try:
+                packet = read(tun_fd, 65535)
+            except BlockingIOError:
+                break
+            self._tun_packet(packet, now, now_us, out)
         if out:
             self._send_all(out)
 
@@ -1103,12 +1102,12 @@ class Node:
         log.info("node %s stopping", self.config.name)
         for task in tasks:
             task.cancel()
+        if self.packet_thread is not None:
+            self._stop_packet_thread()  # (what it handed up is handled while the store is open)
         await runner.cleanup()
         if self.store is not None:
             self._snapshot_tick()
             self.store.close()
-        if self.packet_thread is not None:
-            self._stop_packet_thread()
         self.loop.remove_reader(self.sock.fileno())
         if self.tun_fd is not None:
             self.loop.remove_reader(self.tun_fd)
