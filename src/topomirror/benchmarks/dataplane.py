@@ -239,12 +239,19 @@ def _udp_pairs(plan, loop_plan, *, rounds: int,  # type: ignore[no-untyped-def]
         for mode, lab in order if round_ % 2 == 0 else order[::-1]:
             for rate in (60_000, 66_000):
                 progress(f"UDP at {rate} packets/s, {mode.replace('_', ' ')}, round {round_ + 1}/{rounds}")
-                result = iperf3_tcp(lab, "h1", "h2", seconds=3, dst_address=H2_OVERLAY, port=9400,
-                                    extra=["-u", "-l", "1200", "-w", "4M", "-b", str(rate * 1200 * 8)])
-                end = result.raw["end"]["sum"]
-                trials.append({"mode": mode, "offered_pps": rate, "loss_pct": round(end.get("lost_percent", 100.0), 4),
-                               "received_pps": round(end["bits_per_second"] / 8 / 1200)})
+                trials.append({"mode": mode, **_udp_trial(lab, rate, seconds=3.0, buffer="4M")})
     return trials
+
+
+def _udp_trial(plan, rate: int, *, seconds: float, buffer: str | None) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """1200-byte UDP datagrams at `rate` per second through the duplicating tunnel (iperf3; `buffer`
+    is its `-w`, the sender's and receiver's socket buffer, None for iperf3's default)."""
+    window = ["-w", buffer] if buffer else []
+    result = iperf3_tcp(plan, "h1", "h2", seconds=seconds, dst_address=H2_OVERLAY, port=9400,
+                        extra=["-u", "-l", "1200", *window, "-b", str(rate * 1200 * 8)])
+    end = result.raw["end"]["sum"]
+    return {"offered_pps": rate, "received_pps": round(end["bits_per_second"] / 8 / 1200),
+            "loss_pct": round(end.get("lost_percent", 100.0), 4)}
 
 
 def _lossless_pps(plan, *, seconds: float, steps: int,  # type: ignore[no-untyped-def]
@@ -261,14 +268,9 @@ def _lossless_pps(plan, *, seconds: float, steps: int,  # type: ignore[no-untype
     for step in range(steps):
         progress(f"{label} ({'socket buffers ' + buffer if buffer else 'default buffers'}): "
                  f"trial {step + 1}/{steps} at {rate} packets/s")
-        window = ["-w", buffer] if buffer else []
-        result = iperf3_tcp(plan, "h1", "h2", seconds=seconds, dst_address=H2_OVERLAY, port=9400,
-                            extra=["-u", "-l", "1200", *window, "-b", str(rate * 1200 * 8)])
-        end = result.raw["end"]["sum"]
-        loss = end.get("lost_percent", 100.0)
-        received_pps = end["bits_per_second"] / 8 / 1200
-        trials.append({"offered_pps": rate, "received_pps": round(received_pps), "loss_pct": round(loss, 4)})
-        if loss <= 0.1 and received_pps >= 0.97 * rate:
+        trial = _udp_trial(plan, rate, seconds=seconds, buffer=buffer)
+        trials.append(trial)
+        if trial["loss_pct"] <= 0.1 and trial["received_pps"] >= 0.97 * rate:
             low = rate
         else:
             high = rate

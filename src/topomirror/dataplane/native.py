@@ -16,8 +16,8 @@ WANTED = os.environ.get("TOPOMIRROR_DATAPLANE", "native").strip().lower() != "py
 # `TOPOMIRROR_PACKET_THREAD=on|off|auto` (or 1|0) sets the native packet thread whatever the
 # config's `listen.packet_thread` says: every node of a lab at once (the benchmark compares them
 # in one run). Unset: the config decides.
-PACKET_THREAD = {"1": "on", "on": "on", "0": "off", "off": "off", "auto": "auto"}.get(
-    os.environ.get("TOPOMIRROR_PACKET_THREAD", "").strip().lower())
+PACKET_THREAD_SETTING = os.environ.get("TOPOMIRROR_PACKET_THREAD", "").strip().lower()
+PACKET_THREAD = {"1": "on", "on": "on", "0": "off", "off": "off", "auto": "auto"}.get(PACKET_THREAD_SETTING)
 
 
 class PacketThreadFailed(RuntimeError):

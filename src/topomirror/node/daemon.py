@@ -544,6 +544,9 @@ class Node:
         Python comes up through an eventfd (`_on_packet_thread`), and what the send loop sent for
         each flow is accounted on a timer (`_packet_thread_tick`)."""
         rx = self.engine.rx
+        if native.PACKET_THREAD_SETTING and native.PACKET_THREAD is None:
+            log.warning("TOPOMIRROR_PACKET_THREAD=%s is not on, off or auto: the config's %s applies",
+                        native.PACKET_THREAD_SETTING, self.config.listen.packet_thread)
         mode = native.PACKET_THREAD or self.config.listen.packet_thread
         if rx is None or native.fast is None or mode == "off":
             return False
