@@ -67,6 +67,28 @@ def test_ping_through_the_overlay_with_mirroring_has_no_dups(make_lab, monkeypat
     assert {v["sender"] for v in relay} == {"h1", "h2"} and all(v["packets"] > 0 for v in relay)
 
 
+def test_auto_hands_a_busy_node_to_the_event_loop_and_takes_it_back(make_lab) -> None:  # type: ignore[no-untyped-def]
+    # listen.packet_thread: auto (the default): above 25,000 packets/s a node's event loop carries
+    # the packets; a second after the rate fell the thread has them again.
+    lab = make_lab(LAB, "tt-dp-auto")
+    before = {node: api(lab, node)["packet_thread"] for node in ("h1", "h2")}
+    assert all(state["auto"] and state["handoffs"] == 0 for state in before.values()), before
+    burst = iperf3_tcp(lab.plan, "h1", "h2", seconds=2, dst_address=H2_OVERLAY, port=MIRRORED,
+                       extra=["-u", "-l", "1200", "-b", str(40_000 * 1200 * 8)])  # 40k pkt/s, two copies
+    assert burst.raw["end"]["sum"]["packets"] > 40_000
+    for node in ("h1", "h2"):
+        assert api(lab, node)["packet_thread"]["handoffs"] >= 1, node
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(api(lab, n)["packet_thread"]["event_loop_has_packets"]
+                                              for n in ("h1", "h2")):
+        time.sleep(0.2)
+    states = {node: api(lab, node)["packet_thread"] for node in ("h1", "h2")}
+    assert not any(state["event_loop_has_packets"] for state in states.values()), states
+    res = lab.exec("h1", "ping", "-c", "5", "-i", "0.05", "-W", "1", H2_OVERLAY)
+    assert "5 received" in res.stdout
+    assert api(lab, "h1")["packet_thread"]["tx_wakeups"] > states["h1"]["tx_wakeups"]  # the thread sent them
+
+
 def test_loss_on_the_standard_path_is_masked_for_mirrored_flows(make_lab) -> None:  # type: ignore[no-untyped-def]
     lab = make_lab(LAB, "tt-dp-loss")
     set_link(lab.spec, lab.file, "direct", loss=20)
