@@ -68,8 +68,10 @@ def test_lab_set_changes_a_running_lab(make_lab) -> None:  # type: ignore[no-unt
     h2 = str(lab.plan.nodes["h2"].ifaces["eth1"].address.ip)
     set_link(lab.spec, lab.file, "direct", bw="20mbit")
     mbit = iperf3_tcp(lab.plan, "h1", "h2", seconds=3, dst_address=h2, extra=["-O", "1"]).bits_per_second / 1e6
-    # Goodput is ~95 % of the rate (headers); the lower bound leaves room for a busy machine.
-    assert 16 <= mbit <= 21, f"after lab set --bw 20mbit: {mbit:.1f} Mbit/s"
+    # Goodput is ~95 % of the rate (headers); the lower bound leaves room for a busy machine, the
+    # upper one for a receiver that stalled and caught up across the 2 s it measures (CI saw 21.3
+    # once); unshaped, the link carries over 200 Mbit/s (below).
+    assert 16 <= mbit <= 23, f"after lab set --bw 20mbit: {mbit:.1f} Mbit/s"
 
     # Loss on one direction only: h1 -> h2 loses ~30 %, h2 -> h1 nothing.
     set_link(lab.spec, lab.file, "direct", loss=30, direction="h1")
