@@ -1369,7 +1369,14 @@ typedef struct {
     unsigned long long wakeups, tx_wakeups;
 } PacketThread;
 
-static void pthread_close_fds(PacketThread *self) {
+/* CLOCK_MONOTONIC in microseconds (the daemon's clock: time.monotonic). */
+static long long monotonic_us(void) {
+    struct timespec mono;
+    clock_gettime(CLOCK_MONOTONIC, &mono);
+    return (long long)mono.tv_sec * 1000000LL + mono.tv_nsec / 1000;
+}
+
+static void packetthread_close_fds(PacketThread *self) {
     if (self->epoll_fd >= 0) close(self->epoll_fd);
     if (self->wake_fd >= 0) close(self->wake_fd);
     self->epoll_fd = self->wake_fd = -1;
@@ -1531,7 +1538,7 @@ static PyObject *packetthread_start(PacketThread *self, PyObject *unused) {
     self->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     if (self->wake_fd < 0 || self->epoll_fd < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
-        pthread_close_fds(self);
+        packetthread_close_fds(self);
         return NULL;
     }
     struct epoll_event ev = {.events = EPOLLIN};
@@ -1545,18 +1552,16 @@ static PyObject *packetthread_start(PacketThread *self, PyObject *unused) {
     }
     if (bad) {
         PyErr_SetFromErrno(PyExc_OSError);
-        pthread_close_fds(self);
+        packetthread_close_fds(self);
         return NULL;
     }
-    struct timespec mono;
-    clock_gettime(CLOCK_MONOTONIC, &mono);
-    self->window_us = (long long)mono.tv_sec * 1000000LL + mono.tv_nsec / 1000;
+    self->window_us = monotonic_us();
     self->window_packets = 0;
     Py_INCREF(self); /* the thread's reference, dropped by stop() */
     int err = pthread_create(&self->thread, NULL, packetthread_main, self);
     if (err) {
         Py_DECREF(self);
-        pthread_close_fds(self);
+        packetthread_close_fds(self);
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
@@ -1573,7 +1578,7 @@ static PyObject *packetthread_stop(PacketThread *self, PyObject *unused) {
     pthread_join(self->thread, NULL);
     Py_END_ALLOW_THREADS
     self->started = 0;
-    pthread_close_fds(self);
+    packetthread_close_fds(self);
     Py_DECREF(self);
     Py_RETURN_NONE;
 }
@@ -1651,9 +1656,7 @@ static PyObject *packetthread_release_tx(PacketThread *self, PyObject *unused) {
 static PyObject *packetthread_resume(PacketThread *self, PyObject *unused) {
     if (self->handed_off) {
         self->handed_off = 0;
-        struct timespec mono;
-        clock_gettime(CLOCK_MONOTONIC, &mono);
-        self->window_us = (long long)mono.tv_sec * 1000000LL + mono.tv_nsec / 1000;
+        self->window_us = monotonic_us();
         self->window_packets = 0;
         if (self->started) {
             packetthread_watch_sock(self, 1);
@@ -1669,7 +1672,7 @@ static PyObject *packetthread_alive(PacketThread *self, void *closure) {
 
 static void packetthread_dealloc(PacketThread *self) {
     /* a started thread holds a reference: a PacketThread is only freed after stop() */
-    pthread_close_fds(self);
+    packetthread_close_fds(self);
     Py_XDECREF(self->rx);
     Py_XDECREF(self->tx);
     Py_XDECREF(self->slow);
