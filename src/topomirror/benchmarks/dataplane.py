@@ -25,6 +25,13 @@ On the two-path lab with node daemons on h1, h2 and relay r1:
   `ratios.packet_thread_vs_event_loop_p50` divides the headline by it; `udp_pairs`: iperf3 UDP at
   60k and 66k pkt/s through both labs, alternating (what auto costs at high rates);
   `_at_2kpps`: the same at 2k/s;
+- veth_sendto_p50_us: how long the direct probe's `sendto` took (median over the 10k rounds): on
+  veth the kernel carries the datagram through the receiver's stack to its socket, and wakes the
+  receiver, inside the send, so this is what one hop's send costs on this machine (the duplicated
+  tunnel makes three per packet, the direct path one);
+- packet_thread_per_wakeup: per node (h1, h2, r1), over the duplicated probe at 10k pkt/s, the
+  packet thread's wake-ups and, per wake-up, the microseconds it waited for the GIL and held it
+  (its reads, seals, sends and TUN writes), from the nodes' /status; medians over the rounds;
 - python_*: with `reference`, the lab deployed again with `TOPOMIRROR_DATAPLANE=python` (the
   pure-Python reference data plane) for the duplicated TCP goodput and the lossless UDP rate, so
   the native loop's gain is a ratio from one run.
@@ -40,10 +47,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from topomirror.api.client import fetch
 from topomirror.lab.plan import compile_lab
 from topomirror.lab.realize import deploy, destroy
+from topomirror.lab.registry import LabRegistry
 from topomirror.lab.spec import load_lab
 from topomirror.lab.traffic import ProbeResult, TrafficError, in_node, iperf3_tcp, udp_probe, wait_listening
+from topomirror.node.launch import api_socket
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "labs"
 H2_OVERLAY = "172.16.2.1"
@@ -139,6 +149,7 @@ def _latency(plan, h2_direct: str, *, rounds: int, seconds: float,  # type: igno
     earlier ones of its own burst at every hop."""
     results: dict[str, object] = {}
     probes: dict[str, list[ProbeResult]] = {}
+    per_wakeup: list[dict[str, dict[str, float]]] = []  # the packet threads over each duplicated probe at 10k
     # The floor: h1 127.0.0.1:9501 -> forwarder -> h2's underlay :9502 -> forwarder -> 127.0.0.1:9503.
     # Duplicated: h1 127.0.0.1:9511 -> forwarder -> (h2 :9512, r1 :9514 -> forwarder -> h2 :9512)
     # -> forwarder keeping the first copy -> 127.0.0.1:9513.
@@ -168,12 +179,15 @@ def _latency(plan, h2_direct: str, *, rounds: int, seconds: float,  # type: igno
                     if name == "loop_dup" and loop_plan is None:
                         continue
                     port, address, recv_port = targets[name]
+                    threads = _packet_threads(plan) if name == "tunnel_dup" and not suffix else None
                     probe = udp_probe(loop_plan if name == "loop_dup" else plan, "h1", "h2",
                                       count=int(rate * seconds), rate_pps=rate, size=200,
                                       port=port, dst_address=address, recv_port=recv_port, even=True)
                     if probe.owd_p50_us is None:
                         raise TrafficError(f"the {name} latency probe received nothing: is the lab's data plane up?")
                     probes.setdefault(name + suffix, []).append(probe)
+                    if threads is not None:
+                        per_wakeup.append(_per_wakeup(threads, _packet_threads(plan)))
     for suffix in ("", "_at_2kpps"):
         direct, tunnel = probes["direct" + suffix], probes["tunnel_dup" + suffix]
         floor, single = probes["floor" + suffix], probes["single" + suffix]
@@ -192,6 +206,15 @@ def _latency(plan, h2_direct: str, *, rounds: int, seconds: float,  # type: igno
             # the other lab's direct path is the same veth pair on the same machine
             results["added_latency_event_loop_p50_us" + suffix] = _added(probes["loop_dup" + suffix], direct,
                                                                           "owd_p50_us")
+    # What one send costs the kernel here: the direct path's sendto, which carries the datagram
+    # through the veth and the receiver's stack to its socket inside the system call.
+    results["veth_sendto_p50_us"] = _median([p.sendto_p50_us for p in probes["direct"]])
+    # Each node's packet thread over the duplicated probe at 10k pkt/s: per wake-up, the time it
+    # waited for the GIL and held it (its reads, seals and sends), medians over the rounds.
+    results["packet_thread_per_wakeup"] = {
+        node: {key: _median([round_[node][key] for round_ in per_wakeup if node in round_])
+               for key in ("wakeups", "gil_wait_us", "gil_held_us")}
+        for node in sorted({node for round_ in per_wakeup for node in round_})}
     results["latency_rounds"] = rounds
     results["latency_detail"] = {
         name: [{"p50_us": probe.owd_p50_us, "p99_us": probe.owd_p99_us, "socket_p50_us": probe.owd_kernel_p50_us,
@@ -199,6 +222,38 @@ def _latency(plan, h2_direct: str, *, rounds: int, seconds: float,  # type: igno
         for name, runs in probes.items()
     }
     return results
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 1) if present else None
+
+
+def _packet_threads(plan) -> dict[str, dict[str, int]]:  # type: ignore[no-untyped-def]
+    """Each node's `packet_thread` counters from its /status (nodes without a thread left out)."""
+    registry = LabRegistry.load(plan.spec.name)
+    if registry is None:
+        raise TrafficError(f"lab {plan.spec.name} is not deployed")
+    out = {}
+    for node in ("h1", "h2", "r1"):
+        thread = fetch("/status", socket_path=api_socket(registry, node), timeout=10).get("packet_thread")
+        if thread:
+            out[node] = thread
+    return out
+
+
+def _per_wakeup(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for node, b in before.items():
+        a = after.get(node)
+        if not a:
+            continue
+        wakeups = a["rx_wakeups"] + a["tx_wakeups"] - b["rx_wakeups"] - b["tx_wakeups"]
+        if wakeups > 0:
+            out[node] = {"wakeups": float(wakeups),
+                         "gil_wait_us": round((a["gil_wait_us"] - b["gil_wait_us"]) / wakeups, 1),
+                         "gil_held_us": round((a["gil_held_us"] - b["gil_held_us"]) / wakeups, 1)}
+    return out
 
 
 def _added(path: list[ProbeResult], direct: list[ProbeResult], field: str) -> float | None:

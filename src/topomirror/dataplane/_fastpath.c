@@ -1367,6 +1367,7 @@ typedef struct {
     unsigned long long counts[C_COUNT];
     unsigned long long tx_counts[T_COUNT];
     unsigned long long wakeups, tx_wakeups;
+    unsigned long long gil_wait_us, gil_held_us, gil_wait_max_us; /* per wake-up: waiting for the GIL, holding it */
 } PacketThread;
 
 /* CLOCK_MONOTONIC in microseconds (the daemon's clock: time.monotonic). */
@@ -1488,6 +1489,10 @@ static void *packetthread_main(void *arg) {
         long long now_us = (long long)mono.tv_sec * 1000000LL + mono.tv_nsec / 1000;
         long long offset_ns = ((long long)mono.tv_sec - real.tv_sec) * 1000000000LL + (mono.tv_nsec - real.tv_nsec);
         PyEval_RestoreThread(state);
+        long long held_from = monotonic_us();
+        unsigned long long waited = held_from > now_us ? (unsigned long long)(held_from - now_us) : 0;
+        self->gil_wait_us += waited;
+        if (waited > self->gil_wait_max_us) self->gil_wait_max_us = waited;
         if (self->stopping) { state = PyEval_SaveThread(); break; }
         int notify = 0, rc = 0;
         unsigned long long carried0 = self->counts[C_DATAGRAMS] + self->tx_counts[T_PACKETS];
@@ -1519,6 +1524,8 @@ static void *packetthread_main(void *arg) {
                    packetthread_busy(self, now_us, self->counts[C_DATAGRAMS] + self->tx_counts[T_PACKETS] - carried0)) {
             notify = 1;
         }
+        long long held_to = monotonic_us();
+        self->gil_held_us += held_to > held_from ? (unsigned long long)(held_to - held_from) : 0;
         state = PyEval_SaveThread();
         if (notify) fd_signal(self->notify_fd);
         if (rc < 0) break;
@@ -1565,6 +1572,7 @@ static PyObject *packetthread_start(PacketThread *self, PyObject *unused) {
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
+    pthread_setname_np(self->thread, "tm-packets"); /* for top -H, ps -T and chrt */
     self->started = 1;
     Py_RETURN_NONE;
 }
@@ -1709,6 +1717,12 @@ static PyMethodDef packetthread_methods[] = {
 static PyMemberDef packetthread_members[] = {
     {"wakeups", T_ULONGLONG, offsetof(PacketThread, wakeups), READONLY, "drains run on the thread"},
     {"tx_wakeups", T_ULONGLONG, offsetof(PacketThread, tx_wakeups), READONLY, "pumps run on the thread"},
+    {"gil_wait_us", T_ULONGLONG, offsetof(PacketThread, gil_wait_us), READONLY,
+     "microseconds the thread waited for the GIL after a wake-up, in all"},
+    {"gil_wait_max_us", T_ULONGLONG, offsetof(PacketThread, gil_wait_max_us), READONLY,
+     "the longest of those waits"},
+    {"gil_held_us", T_ULONGLONG, offsetof(PacketThread, gil_held_us), READONLY,
+     "microseconds the thread held the GIL (its drains and pumps), in all"},
     {"gate", T_INT, offsetof(PacketThread, gate), 0, "non-zero: every wake-up that sent on a flow goes to Python"},
     {"tx_paused", T_INT, offsetof(PacketThread, tx_paused), READONLY, "the TUN waits for release_tx()"},
     {"busy_pps", T_INT, offsetof(PacketThread, busy_pps), 0,

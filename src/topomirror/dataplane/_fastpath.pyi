@@ -48,6 +48,9 @@ class FastRx:
 class PacketThread:
     wakeups: int
     tx_wakeups: int
+    gil_wait_us: int  # waiting for the GIL after a wake-up, in all
+    gil_wait_max_us: int
+    gil_held_us: int  # holding it (drains and pumps), in all
     gate: int
     tx_paused: int
     busy_pps: int

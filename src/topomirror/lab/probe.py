@@ -26,18 +26,25 @@ _TIMESPEC = struct.Struct("@qq")
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; the cmsg carries a struct timespec
 
 
-def send(to: str, port: int, count: int, rate: int, size: int, *, even: bool = False) -> None:
+def send(to: str, port: int, count: int, rate: int, size: int, *, even: bool = False) -> dict[str, object]:
+    """Send the datagrams; report how long each `sendto` took (`sendto_p50_us`, `sendto_p90_us`).
+
+    On a veth network a send carries the datagram through every hop's stack to the receiving
+    socket inside the system call, so its duration is what one hop costs the kernel here."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     padding = b"\0" * max(0, size - _HEADER.size)
     if even:
         _fine_timer_slack()
+    took_ns: list[int] = []
     start = time.perf_counter()
     seq = 0
     while seq < count:
         due = min(count, int((time.perf_counter() - start) * rate) + 1)
         while seq < due:
+            began = time.perf_counter_ns()
             try:
                 sock.sendto(_HEADER.pack(seq, time.time_ns()) + padding, (to, port))
+                took_ns.append(time.perf_counter_ns() - began)
             except OSError:
                 pass  # a full or unreachable path is loss, as on a real network
             seq += 1
@@ -49,6 +56,13 @@ def send(to: str, port: int, count: int, rate: int, size: int, *, even: bool = F
             # Send whatever is due, then sleep a little: paced to the rate on average, in bursts
             # of at most ~1 ms worth, without waking for every datagram.
             time.sleep(0.0005)
+    took_us = sorted(ns / 1000 for ns in took_ns)
+    return {"sent": count, "sendto_p50_us": _rounded(percentile(took_us, 0.5)),
+            "sendto_p90_us": _rounded(percentile(took_us, 0.9))}
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def _fine_timer_slack() -> None:
@@ -97,8 +111,7 @@ def recv(port: int, idle: float, max_seconds: float) -> dict[str, object]:
     kernel_us.sort()
 
     def pct(values: list[float], q: float) -> float | None:
-        value = percentile(values, q)
-        return None if value is None else round(value, 1)
+        return _rounded(percentile(values, q))
 
     return {"unique": len(seen), "duplicates": duplicates,
             "owd_p50_us": pct(delays_us, 0.5), "owd_p99_us": pct(delays_us, 0.99), "owd_p999_us": pct(delays_us, 0.999),
@@ -122,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--max-seconds", type=float, default=30.0)
     args = parser.parse_args(argv)
     if args.mode == "send":
-        send(args.to, args.port, args.count, args.rate, args.size, even=args.even)
+        print(json.dumps(send(args.to, args.port, args.count, args.rate, args.size, even=args.even)), flush=True)
     else:
         print(json.dumps(recv(args.port, args.idle, args.max_seconds)), flush=True)
     return 0

@@ -95,6 +95,8 @@ class ProbeResult:
     # The same at the receiving socket (the kernel's arrival stamp): without the receiver's wake-up.
     owd_kernel_p50_us: float | None = None
     owd_kernel_p99_us: float | None = None
+    # How long the sender's `sendto` took (on veth: the kernel carrying it to the receiving socket).
+    sendto_p50_us: float | None = None
 
     @property
     def loss(self) -> float:
@@ -128,9 +130,13 @@ def udp_probe(plan: LabPlan, src: str, dst: str, *, count: int = 2000, rate_pps:
         report = json.loads(stdout)
     except json.JSONDecodeError:
         raise TrafficError(f"probe receiver failed: {stderr.strip()}") from None
+    try:
+        sender = json.loads(sent.stdout.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        sender = {}
     return ProbeResult(count, report["unique"], report["duplicates"], report.get("owd_p50_us"),
                        report.get("owd_p99_us"), report.get("owd_p999_us"), report.get("owd_kernel_p50_us"),
-                       report.get("owd_kernel_p99_us"))
+                       report.get("owd_kernel_p99_us"), sender.get("sendto_p50_us"))
 
 
 def free_port() -> int:

@@ -1144,6 +1144,9 @@ class Node:
             "store_writer_alive": self.store.writer_alive if self.store is not None else None,
             "packet_thread": ({"alive": self.packet_thread.alive, "rx_wakeups": self.packet_thread.wakeups,
                                "tx_wakeups": self.packet_thread.tx_wakeups,
+                               "gil_wait_us": self.packet_thread.gil_wait_us,
+                               "gil_wait_max_us": self.packet_thread.gil_wait_max_us,
+                               "gil_held_us": self.packet_thread.gil_held_us,
                                "auto": self.packet_thread.busy_pps > 0, "handoffs": self.packet_thread_handoffs,
                                "event_loop_has_packets": self._loop_has_packets}
                               if self.packet_thread is not None else None),

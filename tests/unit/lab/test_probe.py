@@ -27,8 +27,11 @@ def test_probe_counts_duplicates_and_stamps_arrival_at_the_socket_before_the_app
                 pass
             if receiver.is_alive():
                 probe.time.sleep(0.01)
-        probe.send("127.0.0.1", port, count=200, rate=2000, size=64)
+        sender = probe.send("127.0.0.1", port, count=200, rate=2000, size=64)
     receiver.join(timeout=25)
+    assert sender["sent"] == 200
+    p50, p90 = sender["sendto_p50_us"], sender["sendto_p90_us"]
+    assert isinstance(p50, float) and isinstance(p90, float) and 0 < p50 <= p90
     assert report["unique"] == 200
     assert report["duplicates"] >= 1  # sequence 0 was sent more than once
     kernel, app = report["owd_kernel_p50_us"], report["owd_p50_us"]
