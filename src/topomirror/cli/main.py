@@ -261,6 +261,8 @@ def lab_node(
     file: LabFile,
     node: Annotated[str, typer.Argument(help="lab node running a topomirror daemon")],
     action: Annotated[str, typer.Argument(help="stop or restart")],
+    cold: Annotated[bool, typer.Option("--cold", help="restart by stopping the daemon first, as after a crash "
+                                       "(default: warm, the new daemon loads first and then takes over)")] = False,
 ) -> None:
     """Stop or restart one node daemon of a running lab (fault injection; the state folder is kept)."""
     from topomirror.lab.plan import compile_lab
@@ -276,8 +278,8 @@ def lab_node(
         count = stop_lab_node(registry, node)
         out.print(f"stopped {count} daemon(s) on {node}")
     else:
-        restart_lab_node(compile_lab(spec), registry, node)
-        out.print(f"restarted the daemon on {node}")
+        restart_lab_node(compile_lab(spec), registry, node, warm=not cold)
+        out.print(f"restarted the daemon on {node} ({'cold' if cold else 'warm'})")
 
 
 @lab_app.command("graph")
@@ -334,9 +336,13 @@ def node_run(
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
     recover_db: Annotated[bool, typer.Option("--recover-db", help="move an unreadable node database aside and "
                                              "start with a new one")] = False,
+    replace_pid: Annotated[int | None, typer.Option(
+        "--replace", help="warm restart: load first, then stop the node daemon with this PID (it must run the "
+                          "same config) and take over its TUN, socket and state")] = None,
 ) -> None:
     """Run the node daemon in the foreground (stop with SIGTERM or Ctrl-C)."""
     import logging
+    import time
 
     from topomirror.node.config import load_config
     from topomirror.node.daemon import run_node
@@ -344,6 +350,18 @@ def node_run(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = load_config(config)
+    if replace_pid is not None:
+        from topomirror.node.replace import ReplaceError, preload, replace
+
+        began = time.monotonic()
+        preload()
+        loaded = time.monotonic() - began
+        try:
+            gone = replace(replace_pid, config)
+        except ReplaceError as exc:
+            fail(str(exc))
+        logging.getLogger("topomirror.node").info(
+            "loaded in %.2f s, then stopped daemon %d (gone after %.2f s); taking over", loaded, replace_pid, gone)
     if recover_db and cfg.state_dir is not None:
         db = cfg.state_dir / "node.db"
         try:
@@ -808,6 +826,24 @@ def bench_load(
     _report_bench("load", results, out_dir, json_out, (
         "pairs", "load_p99_over_reference", "load_p99_over_reference_per_pair", "load_p99_over_reference_quiet",
         "load_p99_over_reference_quiet_per_pair"))
+
+
+@bench_app.command("restart")
+@_guard
+def bench_restart(
+    rounds: Annotated[int, typer.Option(help="warm and cold restarts each, alternating")] = 3,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="folder for the JSON result")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """How long a node restart interrupts the traffic through it, warm (load, then replace) and cold."""
+    from topomirror.benchmarks import restart
+
+    _need_root("bench restart")
+    if rounds < 1:
+        fail("--rounds must be at least 1")
+    with console.status("restarting a node daemon under pings") as status:
+        results = restart.run(rounds=rounds, progress=status.update)
+    _report_bench("restart", results, out_dir, json_out, ("rounds", "warm_outage_ms", "cold_outage_ms", "ratios"))
 
 
 @bench_app.command("planning")

@@ -17,8 +17,10 @@ nodes, reached at their loopback address. Files go to the lab's run folder:
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import itertools
+import os
 import subprocess
 import sys
 import time
@@ -175,16 +177,35 @@ def stop_lab_node(registry: LabRegistry, name: str) -> int:
     return stopped
 
 
-def restart_lab_node(plan: LabPlan, registry: LabRegistry, name: str, timeout: float = 20.0) -> None:
-    """Stop a lab node daemon and start it again with the same config and state folder."""
+def restart_lab_node(plan: LabPlan, registry: LabRegistry, name: str, timeout: float = 20.0, *,
+                     warm: bool = True) -> None:
+    """Start a lab node daemon again with the same config and state folder.
+
+    `warm` (the default): the new daemon loads while the old one still runs, then stops it and
+    takes over (`node run --replace`), so the outage is a shutdown and a set-up, not the imports.
+    Otherwise the old one is stopped first, as after a crash."""
     config = node_dir(registry, name) / "config.yaml"
     if not config.exists():
         raise LaunchError(f"node {name!r} runs no topomirror daemon in lab {plan.spec.name!r}")
-    stop_lab_node(registry, name)
-    _start(plan, registry, {name: config}, timeout)
+    running = [p for p in registry.processes
+               if p.role == f"node:{name}" and process_start_time(p.pid) == p.start_time]
+    if not warm or len(running) != 1:
+        stop_lab_node(registry, name)
+        _start(plan, registry, {name: config}, timeout)
+        return
+    old = running[0]
+    try:
+        _start(plan, registry, {name: config}, timeout, replace=old.pid)
+    finally:
+        if process_start_time(old.pid) != old.start_time:  # gone: the new daemon stopped it
+            registry.processes.remove(old)
+            registry.save()
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(old.pid, os.WNOHANG)  # (ours to reap when this process started it)
 
 
-def _start(plan: LabPlan, registry: LabRegistry, configs: dict[str, Path], timeout: float) -> list[str]:
+def _start(plan: LabPlan, registry: LabRegistry, configs: dict[str, Path], timeout: float,
+           replace: int | None = None) -> list[str]:
     started: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
     for name, path in configs.items():
         folder = path.parent
@@ -192,6 +213,8 @@ def _start(plan: LabPlan, registry: LabRegistry, configs: dict[str, Path], timeo
         ready.unlink(missing_ok=True)
         argv = ["ip", "netns", "exec", plan.namespace(name), sys.executable, "-m", "topomirror.cli.main",
                 "node", "run", "--config", str(path), "--ready-file", str(ready)]
+        if replace is not None:
+            argv += ["--replace", str(replace)]
         with open(folder / "node.log", "ab") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
