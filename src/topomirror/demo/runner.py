@@ -369,6 +369,9 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
                                           if always["extra_bytes_pct"] else None)
     base = result["uncongested"]["rpc_p99_ms"]
     out["predictive_p99_over_uncongested"] = round(predictive["rpc_p99_ms"] / base, 3) if base else None
+    # `always` duplicates every packet, the most protection any policy can give: the same ratio for
+    # it is what the run's machine and load leave to any policy that mirrors (not a target).
+    out["always_p99_over_uncongested"] = round(always["rpc_p99_ms"] / base, 3) if base else None
     out["predictive_beats_reactive_p99"] = predictive["rpc_p99_ms"] < reactive["rpc_p99_ms"]
     out["predictive_beats_off_p99"] = predictive["rpc_p99_ms"] < off["rpc_p99_ms"]
     out["predictive_fewer_bytes_than_always"] = predictive["extra_bytes_pct"] < always["extra_bytes_pct"]
@@ -383,4 +386,7 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
         round(quiet_predictive / quiet_base, 3) if quiet_predictive and quiet_base else None)
     out["quiet_moments_predictive_beats_reactive_p99"] = (
         quiet_predictive < quiet_reactive if quiet_predictive and quiet_reactive else None)
+    quiet_always = always.get("rpc_p99_quiet_ms")
+    out["quiet_moments_always_p99_over_uncongested"] = (
+        round(quiet_always / quiet_base, 3) if quiet_always and quiet_base else None)
     return out

@@ -36,6 +36,8 @@ def test_the_verdict_says_whether_the_machine_was_quiet_for_the_uncongested_rati
                            "reactive": summary(70.0, 6.0, 1.0), "predictive": summary(6.0, 10.0, 2.0)}}
     out = verdict(result)
     assert out["predictive_p99_over_uncongested"] == 1.5 and out["quiet_machine_for_the_ratio"] is True
+    assert out["always_p99_over_uncongested"] == 1.25  # the bound the run left to any mirroring policy
+    assert out["quiet_moments_always_p99_over_uncongested"] is None  # no quiet-moment figures in this result
     result["uncongested"]["cpu_steal_pct"] = 28.3  # the reference run lost a quarter of the CPU
     assert verdict(result)["quiet_machine_for_the_ratio"] is False
     result["uncongested"]["cpu_steal_pct"] = None  # an older run without the reading
