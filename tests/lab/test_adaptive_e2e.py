@@ -231,7 +231,8 @@ def test_source_restart_resumes_sessions_and_model(make_lab, warm: bool) -> None
     # every request of the window is answered yet, so this checks that the flow goes on, not its
     # rate. A warm one (the default: the new daemon loads first, then replaces the old one) is an
     # outage of a shutdown and a set-up, about 0.2 s: the window's requests are all answered, and
-    # none of those sent while the daemon was replaced waited more than a second.
+    # none of those sent while the daemon was replaced waited 2 s (a segment lost in the outage is
+    # resent after 0.2 s and again 0.4 s later: 0.3-0.7 s seen; cold, 3.2-3.4 s).
     back = restarted + 2.0 - result["wall_start"]
     window = seconds - back
     answered = sum(1 for start, _ in result["timeline"] if start >= back)
@@ -241,7 +242,7 @@ def test_source_restart_resumes_sessions_and_model(make_lab, warm: bool) -> None
                       "restart_s": round(restarted - stopping, 2), "slowest_during_ms": max(during, default=None)}))
     assert window > 3 and answered >= (0.9 if warm else 0.2) * window * 200, (window, answered)
     if warm:
-        assert during and max(during) < 1000, max(during, default=None)
+        assert during and max(during) < 2000, max(during, default=None)
 
 
 def _wait_unmirrored(lab, nodes: tuple[str, ...], timeout: float) -> float | None:  # type: ignore[no-untyped-def]

@@ -351,12 +351,13 @@ def node_run(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = load_config(config)
     if replace_pid is not None:
-        from topomirror.node.replace import ReplaceError, preload, replace
+        from topomirror.node.replace import ReplaceError, check, preload, replace
 
-        began = time.monotonic()
-        preload()
-        loaded = time.monotonic() - began
         try:
+            check(replace_pid, config)  # before two seconds of loading, not after
+            began = time.monotonic()
+            preload()
+            loaded = time.monotonic() - began
             gone = replace(replace_pid, config)
         except ReplaceError as exc:
             fail(str(exc))

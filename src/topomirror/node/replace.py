@@ -51,23 +51,34 @@ def daemon_config(cmdline: bytes) -> Path | None:
     return None
 
 
+def check(pid: int, config: Path) -> int | None:
+    """The start time of `pid` if it is a node daemon running `config`, None if it is not running;
+    ReplaceError if it is some other process (which is never signalled)."""
+    if pid == os.getpid():
+        raise ReplaceError(f"process {pid} is this daemon itself: give --replace the PID of the one it replaces")
+    started = process_start_time(pid)
+    if started is None:
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    theirs = daemon_config(cmdline)
+    if theirs is None or theirs.resolve() != config.resolve():
+        raise ReplaceError(f"process {pid} is not a topomirror node daemon running {config}; "
+                           "not stopping it (give --replace the PID of the daemon this one replaces)")
+    return started
+
+
 def replace(pid: int, config: Path, *, timeout: float = 10.0,
             clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> float:
     """Stop the node daemon `pid` (which must run `config`) and wait until it is gone.
 
     Returns the seconds it took to go (0.0 if it was not running). SIGTERM first; SIGKILL after
     `timeout` (a daemon that hangs in shutdown loses its last snapshot, as in a crash)."""
-    started = process_start_time(pid)
+    started = check(pid, config)
     if started is None:
         return 0.0
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return 0.0
-    theirs = daemon_config(cmdline)
-    if theirs is None or theirs.resolve() != config.resolve():
-        raise ReplaceError(f"process {pid} is not a topomirror node daemon running {config}; "
-                           "not stopping it (give --replace the PID of the daemon this one replaces)")
     began = clock()
     os.kill(pid, signal.SIGTERM)
     killed = False

@@ -64,6 +64,13 @@ def test_replace_refuses_a_process_that_is_not_the_daemon_of_this_config(tmp_pat
             p.wait()
 
 
+def test_replace_never_stops_the_process_it_runs_in(tmp_path: Path) -> None:
+    import os
+
+    with pytest.raises(ReplaceError, match="this daemon itself"):
+        replace(os.getpid(), tmp_path / "config.yaml")
+
+
 def test_a_daemon_that_hangs_in_shutdown_is_killed_after_the_timeout(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("name: h1\n")
@@ -72,3 +79,30 @@ def test_a_daemon_that_hangs_in_shutdown_is_killed_after_the_timeout(tmp_path: P
     replace(proc.pid, config, timeout=0.3)
     assert proc.wait(timeout=5) == -9
     assert time.monotonic() - began >= 0.3
+
+
+def test_node_run_refuses_to_replace_a_process_that_is_not_its_daemon_before_loading(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from topomirror.cli.main import app
+    from topomirror.lab.plan import compile_lab
+    from topomirror.lab.registry import LabRegistry
+    from topomirror.lab.spec import load_lab
+    from topomirror.node.launch import generate_configs
+
+    monkeypatch.setenv("TOPOMIRROR_RUN_DIR", str(tmp_path))
+    lab = Path(__file__).parents[3] / "examples" / "labs" / "diamond-mirror.yaml"
+    spec = load_lab(lab)
+    registry = LabRegistry(lab=spec.name, file=str(lab), deployed_at=0.0)
+    registry.folder.mkdir(parents=True)
+    config = generate_configs(compile_lab(spec), registry)["h1"]
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        result = CliRunner().invoke(app, ["node", "run", "--config", str(config), "--replace", str(sleeper.pid)])
+        assert result.exit_code == 2, result.output
+        assert "not a topomirror node daemon" in result.output
+        assert sleeper.poll() is None  # still running: never signalled
+    finally:
+        sleeper.kill()
+        sleeper.wait()
