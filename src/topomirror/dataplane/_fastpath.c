@@ -546,8 +546,8 @@ typedef struct {
 
 /* Send n datagrams (iov[i] to addr[i]): consecutive datagrams to one address, all of one size but
  * the last, leave as one UDP GSO send (across veth to a GRO socket they stay one packet). */
-static void send_runs(Sender *sd, int fd, struct iovec *iov, struct sockaddr_in *addr, int n,
-                      unsigned long long *no_route, unsigned long long *errors) {
+static int send_runs(Sender *sd, int fd, struct iovec *iov, struct sockaddr_in *addr, int n,
+                     unsigned long long *no_route, unsigned long long *errors) {
     int ngroups = 0, k = 0;
     while (k < n) {
         int start = k, seg = (int)iov[k].iov_len, total = seg;
@@ -606,6 +606,7 @@ static void send_runs(Sender *sd, int fd, struct iovec *iov, struct sockaddr_in 
             start += sent;
         }
     }
+    return ngroups; /* messages: each one trip through the kernel's stack */
 }
 
 /* (host, port) as Python gives them -> sockaddr_in; -1 with a ValueError if not IPv4. */
@@ -898,8 +899,8 @@ static int drain_into(FastRx *self, int sock_fd, int tun_fd, double now, long lo
                 return -1;
         }
         if (self->nfwd) {
-            send_runs(&self->sender, sock_fd, self->fwd_iov, self->fwd_addr, self->nfwd, &counts[C_NO_ROUTE],
-                      &counts[C_FORWARD_ERRORS]);
+            (void)send_runs(&self->sender, sock_fd, self->fwd_iov, self->fwd_addr, self->nfwd, &counts[C_NO_ROUTE],
+                            &counts[C_FORWARD_ERRORS]);
             self->nfwd = 0;
         }
         if (got < VLEN) break;
@@ -1062,7 +1063,7 @@ typedef struct {
     Sender sender;
 } FastTx;
 
-enum { T_CALLS, T_DATAGRAMS, T_NO_ROUTE, T_ERRORS, T_PACKETS, T_COPIES, T_BYTES, T_COUNT };
+enum { T_CALLS, T_DATAGRAMS, T_NO_ROUTE, T_ERRORS, T_PACKETS, T_COPIES, T_BYTES, T_MESSAGES, T_COUNT };
 
 static int fasttx_init(FastTx *self, PyObject *args, PyObject *kwds) {
     if (!PyArg_ParseTuple(args, "")) return -1;
@@ -1093,8 +1094,8 @@ static void tx_flush(FastTx *self, int fd, unsigned long long *counts) {
         if (!self->lane_n[l]) continue;
         counts[T_CALLS]++;
         counts[T_DATAGRAMS] += self->lane_n[l];
-        send_runs(&self->sender, fd, self->lane_iov[l], self->lane_sa[l], self->lane_n[l], &counts[T_NO_ROUTE],
-                  &counts[T_ERRORS]);
+        counts[T_MESSAGES] += (unsigned long long)send_runs(&self->sender, fd, self->lane_iov[l], self->lane_sa[l],
+                                                            self->lane_n[l], &counts[T_NO_ROUTE], &counts[T_ERRORS]);
         self->lane_n[l] = 0;
     }
     self->nlanes = 0;

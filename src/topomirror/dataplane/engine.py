@@ -369,7 +369,7 @@ class Engine:
 
     def pumped(self, counts: tuple[int, ...], io_stats: dict[str, int], io_errors: dict[str, int]) -> None:
         """Add what one `tx.pump` sent to the counters."""
-        calls, datagrams, no_route, errors, packets, copies, size = counts
+        calls, datagrams, no_route, errors, packets, copies, size, messages = counts
         counters = self.counters
         counters["tx_packets"] += packets
         counters["tx_copies"] += copies
@@ -377,6 +377,7 @@ class Engine:
         self.drops["no_route"] += no_route
         io_stats["send_calls"] += calls
         io_stats["datagrams_sent"] += datagrams
+        io_stats["send_messages"] = io_stats.get("send_messages", 0) + messages
         if errors:
             io_errors["send"] = io_errors.get("send", 0) + errors
 

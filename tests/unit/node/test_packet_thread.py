@@ -29,7 +29,7 @@ class _FailedThread:
         return (0,) * 12
 
     def tx_counts(self) -> tuple[int, ...]:
-        return (0,) * 7
+        return (0,) * 8
 
     def stop(self) -> None:
         self.stopped = True
