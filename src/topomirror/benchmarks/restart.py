@@ -57,7 +57,8 @@ def run(*, rounds: int = 3, lab_file: Path | None = None, node: str = "h3", ping
                 mode = "warm" if warm else "cold"
                 progress(f"round {index + 1}/{rounds}: {mode} restart of {node}'s daemon")
                 registry = LabRegistry.load(spec.name)
-                assert registry is not None
+                if registry is None:
+                    raise RuntimeError(f"lab {spec.name} vanished during the bench (destroyed by another command?)")
                 ping = subprocess.Popen(["ip", "netns", "exec", plan.namespace(pinger), "ping", "-q", "-n",
                                          "-i", str(INTERVAL_S), "-W", "1", "-w", str(DEADLINE_S), target],
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
