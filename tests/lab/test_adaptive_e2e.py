@@ -226,7 +226,7 @@ def test_source_restart_resumes_sessions_and_model(make_lab, warm: bool) -> None
                       [(round(at - restarted, 2), kind, reason) for at, _, kind, reason in log
                        if at > restarted - 1 and kind not in ("new_flow", "classified")][:30]]
     # The RPC connections survive the restart (the TUN, its address and routes persist) and carry
-    # answers again. A cold restart (stop, then start) is an outage of 1.5-3 s (the new daemon's
+    # answers again. A cold restart (stop, then start) is an outage of 2-3 s (the new daemon's
     # interpreter and imports), after which TCP recovers at its retransmission timer's pace: not
     # every request of the window is answered yet, so this checks that the flow goes on, not its
     # rate. A warm one (the default: the new daemon loads first, then replaces the old one) is an
