@@ -55,11 +55,34 @@ def fetch(path: str, *, url: str | None = None, socket_path: Path | None = None,
     return json.loads(body)
 
 
+def status_lines(data: dict[str, Any]) -> list[str]:
+    """Who carries the packets and how well the sends batch, in words, from a /status answer."""
+    lines = []
+    thread = data.get("packet_thread")
+    if thread:
+        wakeups = thread["rx_wakeups"] + thread["tx_wakeups"]
+        per = (f", per wake-up {thread['gil_wait_us'] / wakeups:.1f} us waiting for the GIL and "
+               f"{thread['gil_held_us'] / wakeups:.1f} us holding it" if wakeups and "gil_held_us" in thread else "")
+        state = "running" if thread["alive"] else "stopped"
+        lines.append(f"packet thread {state}{' (auto)' if thread.get('auto') else ''}: {wakeups} wake-ups{per}, "
+                     f"{thread.get('handoffs', 0)} hand-offs to the event loop"
+                     + ("; the event loop has the packets now" if thread.get("event_loop_has_packets") else ""))
+    else:
+        lines.append("packets: carried by the event loop (no packet thread)")
+    io = data.get("io") or {}
+    if io.get("send_messages"):
+        lines.append(f"sends: {io['datagrams_sent']} datagrams in {io['send_messages']} trips through the kernel "
+                     f"({io['datagrams_sent'] / io['send_messages']:.1f} per trip)")
+    return lines
+
+
 def render(view: str, data: Any, out: Console) -> None:
     if view == "status":
         out.print(f"node [bold]{data['node']}[/] id {data['node_id']} epoch {data['epoch']} "
                   f"up {data['uptime_s']}s, tun mtu {data['tun_mtu']}, {data['flows']} flows, "
                   f"{data['relay_vcs']} relay VCs")
+        for line in status_lines(data):
+            out.print(line, highlight=False)
         table = Table("counter", "value", title="counters")
         for key, value in {**data["counters"], **{f"drop:{k}": v for k, v in data["drops"].items()}}.items():
             table.add_row(key, str(value))
