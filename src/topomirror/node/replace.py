@@ -12,6 +12,7 @@ Only a topomirror node daemon running the same config file is ever signalled.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -64,6 +65,11 @@ def check(pid: int, config: Path) -> int | None:
     except OSError:
         return None
     theirs = daemon_config(cmdline)
+    if theirs is not None and not theirs.is_absolute():
+        try:  # relative to where that daemon was started, not to here
+            theirs = Path(os.readlink(f"/proc/{pid}/cwd")) / theirs
+        except OSError:
+            theirs = None
     if theirs is None or theirs.resolve() != config.resolve():
         raise ReplaceError(f"process {pid} is not a topomirror node daemon running {config}; "
                            "not stopping it (give --replace the PID of the daemon this one replaces)")
@@ -80,11 +86,13 @@ def replace(pid: int, config: Path, *, timeout: float = 10.0,
     if started is None:
         return 0.0
     began = clock()
-    os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(ProcessLookupError):  # (gone meanwhile)
+        os.kill(pid, signal.SIGTERM)
     killed = False
     while process_start_time(pid) == started:
         if not killed and clock() - began > timeout:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
             killed = True
         sleep(0.01)
     return clock() - began

@@ -16,12 +16,12 @@ from topomirror.node.replace import ReplaceError, daemon_config, replace
 _FAKE = "import signal, sys, time; {handler}; print('up', flush=True); time.sleep(60)"
 
 
-def _fake_daemon(config: Path, *, ignore_term: bool = False) -> subprocess.Popen[str]:
+def _fake_daemon(config: Path, *, ignore_term: bool = False, cwd: Path | None = None) -> subprocess.Popen[str]:
     handler = ("signal.signal(signal.SIGTERM, signal.SIG_IGN)" if ignore_term
                else "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))")
     proc = subprocess.Popen([sys.executable, "-c", _FAKE.format(handler=handler), "node", "run",
                              "--config", str(config), "--ready-file", "/nonexistent"],
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True, cwd=cwd)
     assert proc.stdout is not None and proc.stdout.readline() == "up\n"
     return proc
 
@@ -44,6 +44,15 @@ def test_replace_stops_the_daemon_of_the_same_config_and_waits_until_it_is_gone(
     assert proc.wait(timeout=5) == 0  # it ran its SIGTERM handler: a clean shutdown
     assert 0.0 < took < 5.0
     assert replace(proc.pid, config) == 0.0  # gone: nothing to replace
+
+
+def test_a_relative_config_is_read_from_where_that_daemon_was_started(tmp_path: Path) -> None:
+    (tmp_path / "node").mkdir()
+    config = tmp_path / "node" / "config.yaml"
+    config.write_text("name: h1\n")
+    proc = _fake_daemon(Path("config.yaml"), cwd=tmp_path / "node")  # `node run --config config.yaml`
+    assert replace(proc.pid, config) > 0.0  # the same file, named from elsewhere
+    assert proc.wait(timeout=5) == 0
 
 
 def test_replace_refuses_a_process_that_is_not_the_daemon_of_this_config(tmp_path: Path) -> None:
