@@ -18,7 +18,6 @@ import contextlib
 import errno
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +27,7 @@ from pyroute2 import NetNS, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from topomirror.lab.plan import IfacePlan, LabPlan, compile_lab, lab_prefix
-from topomirror.lab.registry import LabRegistry, LinkState, ProcessRecord, process_start_time
+from topomirror.lab.registry import LabRegistry, LinkState, ProcessRecord, process_start_time, terminate
 from topomirror.lab.spec import LabSpec, format_rate, parse_queue
 
 NFT_TABLE = "topomirror_lab"
@@ -268,7 +267,7 @@ def destroy(spec: LabSpec, *, progress: Progress = _quiet) -> dict[str, int]:
     # and would keep the namespace alive: end it by PID.
     for name in sorted(namespaces):
         for pid in _namespace_pids(name):
-            stopped += _terminate(pid, process_start_time(pid))
+            stopped += int(terminate(pid, process_start_time(pid)))
     progress(f"removing {len(namespaces)} namespaces")
     for name in sorted(namespaces):
         with contextlib.suppress(FileNotFoundError, OSError):
@@ -288,27 +287,8 @@ def _namespace_pids(name: str) -> list[int]:
         return []
 
 
-def _terminate(pid: int, start_time: int | None, timeout: float = 3.0) -> int:
-    if start_time is None or process_start_time(pid) != start_time:
-        return 0
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process_start_time(pid) != start_time:
-            return 1
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.02)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
-    return 1
-
-
 def stop_process(record: ProcessRecord) -> int:
-    return _terminate(record.pid, record.start_time)
+    return int(terminate(record.pid, record.start_time))
 
 
 def require_registry(spec: LabSpec, file: str) -> LabRegistry:

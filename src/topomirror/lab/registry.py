@@ -8,8 +8,11 @@ Processes are recorded with their kernel start time so a recycled PID is never s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,3 +91,29 @@ def process_start_time(pid: int) -> int | None:
     if fields[0] in ("Z", "X"):  # exited, waiting to be reaped: nothing left to stop
         return None
     return int(fields[19])
+
+
+def terminate(pid: int, start_time: int | None, timeout: float = 3.0, *, reap: bool = True) -> bool:
+    """End the process `pid` if it is still the one that started at `start_time`: SIGTERM, then
+    SIGKILL after `timeout`; return once it is gone (a zombie counts as gone; with `reap`, one of
+    our children is reaped). False if it was not running. The start time guards against a PID
+    the kernel has given to another process."""
+    if start_time is None or process_start_time(pid) != start_time:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    killed = False
+    while process_start_time(pid) == start_time:
+        if not killed and time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            killed = True
+        if reap:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.01)
+    if reap:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+    return True

@@ -12,14 +12,11 @@ Only a topomirror node daemon running the same config file is ever signalled.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from topomirror.lab.registry import process_start_time
+from topomirror.lab.registry import process_start_time, terminate
 
 
 class ReplaceError(RuntimeError):
@@ -76,23 +73,12 @@ def check(pid: int, config: Path) -> int | None:
     return started
 
 
-def replace(pid: int, config: Path, *, timeout: float = 10.0,
-            clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> float:
+def replace(pid: int, config: Path, *, timeout: float = 10.0) -> float:
     """Stop the node daemon `pid` (which must run `config`) and wait until it is gone.
 
     Returns the seconds it took to go (0.0 if it was not running). SIGTERM first; SIGKILL after
     `timeout` (a daemon that hangs in shutdown loses its last snapshot, as in a crash)."""
     started = check(pid, config)
-    if started is None:
-        return 0.0
-    began = clock()
-    with contextlib.suppress(ProcessLookupError):  # (gone meanwhile)
-        os.kill(pid, signal.SIGTERM)
-    killed = False
-    while process_start_time(pid) == started:
-        if not killed and clock() - began > timeout:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            killed = True
-        sleep(0.01)
-    return clock() - began
+    began = time.monotonic()
+    # (not reaped here: the daemon replaced is never our child; its parent reaps it)
+    return time.monotonic() - began if terminate(pid, started, timeout, reap=False) else 0.0
