@@ -88,10 +88,11 @@ def render(view: str, data: Any, out: Console) -> None:
             table.add_row(key, str(value))
         out.print(table)
     elif view == "flows":
-        table = Table("flow", "peer", "mirror", "active", "packets", "bytes", "reason", title="flows")
+        # "sent by": the native loop (C) carries a flow once nothing per packet is left to decide.
+        table = Table("flow", "peer", "mirror", "active", "packets", "bytes", "sent by", "reason", title="flows")
         for f in data:
             table.add_row(f["flow"], str(f["peer"]), str(f["mirror"] or "-"), "yes" if f["mirror_active"] else "",
-                          str(f["packets"]), str(f["bytes"]), f["reason"])
+                          str(f["packets"]), str(f["bytes"]), "C" if f.get("native") else "Python", f["reason"])
         out.print(table)
     elif view == "paths":
         table = Table("peer", "path", "via", "active", "sent", "reported owd avg us", "loss", "wins", title="paths")

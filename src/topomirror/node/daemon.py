@@ -1186,13 +1186,17 @@ class Node:
             classes = {fid: (flows[fid].traffic_class, flows[fid].class_reason)
                        for fid in (f.flow_id for f in self.flows.values()) if fid in flows}
         recent = heapq.nlargest(limit, self.flows.values(), key=lambda f: f.last_seen)
+        # Flows the native send loop carries now (nothing per packet left for Python to decide).
+        tx = self.engine.tx
+        native = {id(fast_flow.entry) for fast_flow in tx.flows.values()} if tx is not None else set()
         return [
             {"flow": str(f.key), "peer": f.peer.name if f.peer else None, "mirror": f.decision.target,
              "mirror_active": bool(f.mirror and f.mirror.active), "reason": f.decision.reason,
              "rule": f.decision.rule, "packets": f.packets, "bytes": f.bytes,
              "age_s": round(now - f.first_seen, 3), "idle_s": round(now - f.last_seen, 3),
              "session": f.session_id, "class": classes.get(f.flow_id, (None, None))[0],
-             "class_reason": classes.get(f.flow_id, (None, None))[1], "copies_denied": f.copies_denied}
+             "class_reason": classes.get(f.flow_id, (None, None))[1], "copies_denied": f.copies_denied,
+             "native": id(f) in native}
             for f in recent
         ]
 

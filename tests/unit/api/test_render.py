@@ -1,8 +1,11 @@
-"""`topomirror status` in words: who carries the packets and how well the sends batch."""
+"""`topomirror status` in words: who carries the packets and how well the sends batch; `flows`
+says which loop sends each flow."""
 
 from __future__ import annotations
 
-from topomirror.api.client import status_lines
+from rich.console import Console
+
+from topomirror.api.client import render, status_lines
 
 
 def test_the_packet_thread_and_the_batching_are_told_from_a_status_answer() -> None:
@@ -22,3 +25,13 @@ def test_without_a_thread_or_sends_it_says_so_and_divides_by_nothing() -> None:
         "packets: carried by the event loop (no packet thread)"]
     idle = {"alive": False, "auto": False, "rx_wakeups": 0, "tx_wakeups": 0, "gil_wait_us": 0, "gil_held_us": 0}
     assert status_lines({"packet_thread": idle}) == ["packet thread stopped: 0 wake-ups, 0 hand-offs to the event loop"]
+
+
+def test_the_flows_table_says_which_loop_sends_each_flow() -> None:
+    row = {"peer": "h3", "mirror": "h3 via x1", "mirror_active": True, "packets": 9, "bytes": 900, "reason": "r"}
+    out = Console(record=True, width=200)
+    render("flows", [{**row, "flow": "tcp a", "native": True}, {**row, "flow": "tcp b", "native": False}], out)
+    lines = out.export_text().splitlines()
+    assert "sent by" in "".join(lines)
+    assert any("tcp a" in line and " C " in line for line in lines)
+    assert any("tcp b" in line and "Python" in line for line in lines)

@@ -186,3 +186,21 @@ def test_measurement_messages_are_sealed_and_sent_one_per_turn_of_the_loop(node:
                       "seal probe-1", "send probe-1", "send probe-1"]
     assert node.timer_runs["_send_paced"] == 3
     assert not node._paced_scheduled
+
+
+def test_the_flows_view_says_which_flows_the_native_loop_carries(node: Node) -> None:
+    # After its first packets (analysis) a flow with nothing per packet left to decide goes to
+    # the native send loop; a policy change hands every flow back to Python.
+    assert node.engine.tx is not None, "the C extension is built by `make setup`"
+    packet = _udp(7100, 9)
+    out: list[tuple[bytes, tuple[str, int]]] = []
+    for _ in range(3):
+        node._tun_packet(packet, 1.0, 1_000_000, out)
+    [view] = node.flows_view()
+    assert view["native"] is False, "the first packets go through Python for analysis"
+    for _ in range(3):
+        node._tun_packet(packet, 1.0, 1_000_000, out)
+    [view] = node.flows_view()
+    assert view["native"] is True and view["packets"] == 6
+    node._flows_to_python()
+    assert node.flows_view()[0]["native"] is False
