@@ -21,19 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from topomirror.demo.runner import EXAMPLES, run_policy, schedule, summarize
-from topomirror.lab.spec import LabSpec, load_lab
+from topomirror.demo.runner import CORE, EXAMPLES, WIDE_CORE_BPS, run_policy, schedule, summarize, widened
+from topomirror.lab.spec import load_lab
 
-CORE = "core"
-WIDE_CORE_BPS = 1_000_000_000
-
-
-def widened(spec: LabSpec, link: str = CORE, bps: int = WIDE_CORE_BPS) -> LabSpec:
-    """The same lab with `link`'s rate limit raised to `bps` (its queue and everything else kept)."""
-    if not any(item.name == link for item in spec.links):
-        raise ValueError(f"lab {spec.name!r} has no link named {link!r}")
-    links = [item.model_copy(update={"bw": bps}) if item.name == link else item for item in spec.links]
-    return spec.model_copy(update={"links": links})
+__all__ = ["CORE", "EXAMPLES", "WIDE_CORE_BPS", "ratios", "run", "widened"]
 
 
 def ratios(pairs: list[tuple[dict[str, Any], dict[str, Any]]], key: str) -> list[float]:

@@ -667,11 +667,11 @@ def demo(
     if json_out:
         out.print_json(json.dumps(result))
         return
-    from topomirror.demo.report import COLUMNS
+    from topomirror.demo.report import COLUMNS, table_rows
 
     table = Table("policy", *(title for _, title in COLUMNS),
                   title=f"topomirror demo on lab {result['lab']} ({'quick' if quick else 'default'} run)")
-    for name, summary in [("uncongested", result["uncongested"]), *result["policies"].items()]:
+    for name, summary in table_rows(result):
         table.add_row(name, *("-" if summary.get(key) is None else str(summary[key]) for key, _ in COLUMNS))
     out.print(table)
     out.print(COLUMNS_HELP)

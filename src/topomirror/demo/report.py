@@ -13,8 +13,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLOURS = {"uncongested": "#9ca3af", "off": "#dc2626", "always": "#2563eb", "reactive": "#d97706",
-           "predictive": "#059669"}
+COLOURS = {"uncongested": "#9ca3af", "uncongested_load": "#4b5563", "off": "#dc2626", "always": "#2563eb",
+           "reactive": "#d97706", "predictive": "#059669"}
+REFERENCES = ("uncongested", "uncongested_load")  # the runs that are not a policy (the second: default run)
 COLUMNS = (("rpc_p50_ms", "RPC p50 (ms)"), ("rpc_p99_ms", "RPC p99 (ms)"), ("rpc_p999_ms", "RPC p99.9 (ms)"),
            ("bulk_goodput_mbps", "bulk goodput (Mbit/s)"), ("extra_bytes_pct", "extra bytes (%)"),
            ("sessions", "mirror sessions"), ("lead_time_ms", "median lead time (ms)"),
@@ -92,10 +93,15 @@ def timeline_plot(run: Any, schedule: dict[str, Any]) -> str:
     return _svg(figure)
 
 
+def table_rows(result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(name, summary) for the references the run has, then each policy."""
+    return [*((name, result[name]) for name in REFERENCES if name in result), *result["policies"].items()]
+
+
 def table_html(result: dict[str, Any]) -> str:
     head = "".join(f"<th>{html.escape(title)}</th>" for _, title in COLUMNS)
     rows = []
-    for name, summary in [("uncongested", result["uncongested"]), *result["policies"].items()]:
+    for name, summary in table_rows(result):
         cells = "".join(f"<td>{'-' if summary.get(key) is None else summary[key]}</td>" for key, _ in COLUMNS)
         rows.append(f"<tr><th>{html.escape(name)}</th>{cells}</tr>")
     return f"<table><tr><th>policy</th>{head}</tr>{''.join(rows)}</table>"
@@ -103,7 +109,7 @@ def table_html(result: dict[str, Any]) -> str:
 
 def write_report(result: dict[str, Any], runs: dict[str, Any], path: Path) -> Path:
     timelines = "".join(f"<figure>{timeline_plot(run, result['schedule'])}</figure>"
-                        for name, run in runs.items() if name != "uncongested")
+                        for name, run in runs.items() if name not in REFERENCES)
     verdict = "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(str(v))}</li>"
                       for k, v in result.get("verdict", {}).items())
     failure_at = result["schedule"]["failure_at"]
@@ -124,6 +130,9 @@ svg {{ max-width: 100%; height: auto; }}
 workload on a freshly deployed lab: RPCs h1 -&gt; h3 at {result['schedule']['rpc_rate']:.0f}/s, WebSearch-sized
 background flows, announced bulk transfers at {result['schedule']['bulk_at']} s
 {failure}.
+<b>uncongested</b>: the RPCs alone. <b>uncongested_load</b> (default run): the whole workload under
+<b>off</b> with the core link widened so that nothing queues, and no failure: what the load alone
+costs the RPCs on this machine's CPUs.
 <b>off</b>: plain overlay. <b>always</b>: every packet on two paths (engarde). <b>reactive</b>: mirror after
 feedback shows the path degraded (SD-WAN SLA duplication). <b>predictive</b>: topomirror.</p>
 {table_html(result)}

@@ -42,6 +42,22 @@ def test_the_verdict_says_whether_the_machine_was_quiet_for_the_uncongested_rati
     assert verdict(result)["quiet_machine_for_the_ratio"] is False
     result["uncongested"]["cpu_steal_pct"] = None  # an older run without the reading
     assert verdict(result)["quiet_machine_for_the_ratio"] is False
+    assert "predictive_p99_over_uncongested_load" not in verdict(result)  # a quick run has one reference
+    result["uncongested_load"] = summary(5.0, 0.0, 1.0)  # the whole load, nothing congested
+    out = verdict(result)
+    assert out["uncongested_load_p99_over_uncongested"] == 1.25
+    assert out["predictive_p99_over_uncongested_load"] == 1.2 and out["always_p99_over_uncongested_load"] == 1.0
+    assert out["predictive_p99_over_uncongested"] == 1.5, "the target's own ratio is unchanged"
+
+
+def test_the_tables_list_the_references_the_run_has_then_the_policies() -> None:
+    from topomirror.demo.report import table_rows
+
+    policies = {"off": {"rpc_p99_ms": 9.0}, "predictive": {"rpc_p99_ms": 2.0}}
+    quick = {"uncongested": {"rpc_p99_ms": 1.0}, "policies": policies}
+    assert [name for name, _ in table_rows(quick)] == ["uncongested", "off", "predictive"]
+    default = {**quick, "uncongested_load": {"rpc_p99_ms": 1.5}}
+    assert [name for name, _ in table_rows(default)] == ["uncongested", "uncongested_load", "off", "predictive"]
 
 
 def test_the_steal_sampler_cuts_the_workload_into_windows_of_the_machines_steal() -> None:
