@@ -52,7 +52,8 @@ STEAL_SAMPLE_S = 0.25  # the steal time line's resolution (a request's moment is
 COLUMNS_HELP = (
     "How to read it: lower RPC latency is better; 'uncongested' is the same RPC load alone (no other traffic);\n"
     "'uncongested_load' (default run) is the whole load, transfers included, with the core link widened so nothing\n"
-    "queues: between the two is what the load costs the RPCs on this machine's CPUs, above the second congestion.\n"
+    "queues: the gap between the two is what the load costs the RPCs on this machine's CPUs, and what a policy adds\n"
+    "above the second is congestion and its protection.\n"
     "extra bytes = duplicate copies as a share of all bytes the nodes sent; lead time = how long before the\n"
     "standard path degraded a mirror session was already open (predictive only); CPU steal = share of this\n"
     "machine's CPU time the hypervisor gave to others during the run: where it is high, the RPC tail measured\n"
