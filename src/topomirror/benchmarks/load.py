@@ -24,8 +24,6 @@ from typing import Any
 from topomirror.demo.runner import CORE, EXAMPLES, WIDE_CORE_BPS, run_policy, schedule, summarize, widened
 from topomirror.lab.spec import load_lab
 
-__all__ = ["CORE", "EXAMPLES", "WIDE_CORE_BPS", "ratios", "run", "widened"]
-
 
 def ratios(pairs: list[tuple[dict[str, Any], dict[str, Any]]], key: str) -> list[float]:
     """Each pair's load p99 over its reference p99 under `key` (pairs missing either are left out)."""

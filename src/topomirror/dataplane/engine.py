@@ -377,7 +377,7 @@ class Engine:
         self.drops["no_route"] += no_route
         io_stats["send_calls"] += calls
         io_stats["datagrams_sent"] += datagrams
-        io_stats["send_messages"] = io_stats.get("send_messages", 0) + messages
+        io_stats["send_messages"] += messages
         if errors:
             io_errors["send"] = io_errors.get("send", 0) + errors
 

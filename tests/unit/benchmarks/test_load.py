@@ -1,10 +1,12 @@
-"""`bench load`: the widened lab and the per-pair ratios (pure; the runs are demo.runner's)."""
+"""`bench load`: the widened lab (demo.runner's, shared with the demo's second reference) and the
+per-pair ratios (pure; the runs are demo.runner's)."""
 
 from __future__ import annotations
 
 import pytest
 
-from topomirror.benchmarks.load import EXAMPLES, ratios, widened
+from topomirror.benchmarks.load import ratios
+from topomirror.demo.runner import EXAMPLES, widened
 from topomirror.lab.plan import compile_lab
 from topomirror.lab.spec import load_lab
 
